@@ -1,0 +1,113 @@
+"""
+The losses of DIS2 (paper Sections 3.1 and 3.3), as plain functions.
+
+    L = L_seg(Y_full, Y) + L_seg(Y_miss, Y) + L_DLKD + sum_m L_uni^m + L_aux     (Eq. 14)
+    L_DLKD = L_orth + L_distill^feat + L_distill^logit                          (Eq. 2-6)
+
+`dis2_loss` puts them together for one batch, given the model's outputs for
+the full scenario and for the missing scenario drawn for that batch.
+"""
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255
+TERMS = ("seg_full", "seg_miss", "orth", "distill_feat", "distill_logit", "uni_rgir", "uni_ndsm", "aux")
+
+
+def orthogonal_loss(dist, supp):
+    """Eq. 2, for one modality: `dist` and `supp` are equal-length sequences
+    (one entry per level) of pooled Distinct and Supplement features (B, D).
+    The cosine is taken on the raw features, so scaling either changes nothing."""
+    if len(dist) != len(supp):
+        raise ValueError(f"orthogonal_loss needs one Supplement feature per Distinct feature, got {len(dist)} and {len(supp)}")
+    # Eq. 2: L_orth = sum_i 1/N sum_j ( x_ij . x'_ij / (||x_ij|| ||x'_ij||) )^2
+    return sum(F.cosine_similarity(x.float(), x_supp.float(), dim=1).pow(2).mean() for x, x_supp in zip(dist, supp))
+
+
+def feature_distillation_loss(student, teacher):
+    """Eq. 4: mean squared error between the missing-scenario (student) and the
+    stop-gradient full-scenario (teacher) features, summed over the terms
+    (pooled F_1..F_L and the penultimate Z)."""
+    if len(student) != len(teacher):
+        raise ValueError(f"feature_distillation_loss needs matching sequences, got {len(student)} and {len(teacher)}")
+    # Eq. 4: L_distill^feat = sum_i ||F_i^miss - sg(F_i^full)||^2 + ||Z^miss - sg(Z^full)||^2
+    return sum(F.mse_loss(s.float(), t.detach().float()) for s, t in zip(student, teacher))
+
+
+def logit_distillation_loss(student_logits, teacher_logits, temperature=2.0):
+    """Eq. 5: KL divergence from the temperature-softened teacher (full
+    scenario) to the student (missing scenario), summed over classes and
+    averaged over batch and pixels. The T^2 keeps the gradient scale
+    independent of T (Hinton et al.)."""
+    T = temperature
+    log_p_student = F.log_softmax(student_logits.float() / T, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.detach().float() / T, dim=1)
+    # Eq. 5: L_distill^logit = T^2 KL( soft(z_full / T) || log_soft(z_miss / T) )
+    kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="none").sum(dim=1)
+    return T**2 * kl.mean()
+
+
+def dice_loss(logits, target, ignore_index=IGNORE_INDEX, smooth=1.0):
+    """Soft multi-class Dice loss, 1 - mean_c Dice_c, with the Dice of each
+    class pooled over the batch and all pixels that are not `ignore_index`."""
+    probs = logits.float().softmax(dim=1)  # (B, K, H, W)
+    valid = (target != ignore_index).unsqueeze(1)  # (B, 1, H, W)
+    one_hot = F.one_hot(torch.where(valid.squeeze(1), target, 0), probs.shape[1]).permute(0, 3, 1, 2)
+    probs, one_hot = probs * valid, one_hot * valid
+    dims = (0, 2, 3)
+    dice = (2 * (probs * one_hot).sum(dims) + smooth) / (probs.sum(dims) + one_hot.sum(dims) + smooth)
+    return 1 - dice.mean()
+
+
+def cross_entropy(logits, target, class_weights=None, ignore_index=IGNORE_INDEX):
+    """Class-weighted cross entropy, the weighted mean over pixels that are not
+    `ignore_index`; 0 (not NaN) when every pixel is ignored."""
+    total = F.cross_entropy(logits.float(), target, weight=class_weights, ignore_index=ignore_index, reduction="sum")
+    valid = target[target != ignore_index]
+    weight = class_weights[valid].sum() if class_weights is not None else valid.new_tensor(valid.numel(), dtype=total.dtype)
+    return total / weight.clamp_min(torch.finfo(total.dtype).tiny)
+
+
+def segmentation_loss(logits, target, class_weights=None, ignore_index=IGNORE_INDEX):
+    """L_seg of Section 3.3: weighted cross entropy plus Dice."""
+    return cross_entropy(logits, target, class_weights, ignore_index) + dice_loss(logits, target, ignore_index)
+
+
+def median_frequency_weights(frequencies):
+    """Class weights for the weighted cross entropy: median frequency balancing
+    (Eigen and Fergus, 2015), w_c = median_c(f_c) / f_c, where f_c is the
+    fraction of labelled training pixels of class c; a class that never occurs
+    gets weight 0. The paper says "weighted" but not how; this is the usual
+    choice for the ISPRS data, where cars are about 1% of the pixels."""
+    f = torch.as_tensor(frequencies, dtype=torch.float32)
+    present = f > 0
+    weights = torch.zeros_like(f)
+    weights[present] = f[present].median() / f[present]
+    return weights
+
+
+def dis2_loss(full, miss, target, missing, class_weights=None, temperature=2.0):
+    """The combined objective of Eq. 14 for one batch: `full` and `miss` are the
+    DIS2Output of the full scenario and of the missing scenario (`missing` is
+    "rgir" or "ndsm"). Returns the total and a dict of every term (a variant
+    without DLKD has no orthogonal or distillation terms: they are 0)."""
+    seg = lambda logits: segmentation_loss(logits, target, class_weights)
+    available = "ndsm" if missing == "rgir" else "rgir"
+    zero = full.logits.new_zeros((), dtype=torch.float32)
+    terms = dict(seg_full=seg(full.logits), seg_miss=seg(miss.logits), orth=zero, distill_feat=zero, distill_logit=zero)
+    if miss.branch_pooled:
+        terms["orth"] = orthogonal_loss(miss.branch_pooled[f"{available}_dist"], miss.branch_pooled[f"{available}_supp"])
+        terms["distill_feat"] = feature_distillation_loss([*miss.fused_pooled, miss.z], [*full.fused_pooled, full.z])
+        terms["distill_logit"] = logit_distillation_loss(miss.logits, full.logits, temperature)
+    terms["uni_rgir"] = seg(full.uni_logits["rgir"])
+    terms["uni_ndsm"] = seg(full.uni_logits["ndsm"])
+    # Eq. 13: L_aux = sum_l L_seg(Y^l, Y), for the decoder levels of both scenarios
+    terms["aux"] = sum(seg(y) for out in (full, miss) for y in out.aux_logits)
+    # Eq. 3: L_distill = L_distill^feat + L_distill^logit
+    distill = terms["distill_feat"] + terms["distill_logit"]
+    # Eq. 6: L_DLKD = L_orth + L_distill
+    dlkd = terms["orth"] + distill
+    # Eq. 14: L = L_seg(Y_full) + L_seg(Y_miss) + L_DLKD + sum_m L_uni^m + L_aux
+    total = terms["seg_full"] + terms["seg_miss"] + dlkd + terms["uni_rgir"] + terms["uni_ndsm"] + terms["aux"]
+    return total, terms

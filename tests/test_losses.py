@@ -1,0 +1,246 @@
+"""The losses (losses.py) against independent computations and their properties."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dis2 import DIS2, DIS2Config
+from losses import (
+    TERMS,
+    cross_entropy,
+    dice_loss,
+    dis2_loss,
+    feature_distillation_loss,
+    logit_distillation_loss,
+    median_frequency_weights,
+    orthogonal_loss,
+    segmentation_loss,
+)
+
+rng = np.random.default_rng(0)
+
+
+def t(a, grad=False):
+    return torch.tensor(a, dtype=torch.float32, requires_grad=grad)
+
+
+# ---------------------------------------------------------------------- Eq. 2
+
+
+def test_orthogonal_loss_matches_a_loop():
+    levels = [(rng.normal(size=(3, 5)), rng.normal(size=(3, 5))) for _ in range(4)]
+    expected = 0.0
+    for x, y in levels:
+        expected += np.mean([(x[j] @ y[j] / (np.linalg.norm(x[j]) * np.linalg.norm(y[j]))) ** 2 for j in range(3)])
+    got = orthogonal_loss([t(x) for x, _ in levels], [t(y) for _, y in levels])
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_orthogonal_loss_is_zero_for_orthogonal_and_L_for_parallel_features():
+    x = t([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    y = t([[0.0, 3.0, 0.0], [0.0, 0.0, -1.0]])
+    assert orthogonal_loss([x] * 4, [y] * 4).item() == pytest.approx(0.0, abs=1e-7)
+    assert orthogonal_loss([x] * 4, [-2.5 * x] * 4).item() == pytest.approx(4.0, rel=1e-6)
+
+
+def test_orthogonal_loss_ignores_scale():
+    x, y = t(rng.normal(size=(4, 8))), t(rng.normal(size=(4, 8)))
+    scale = t(rng.uniform(0.1, 10, size=(4, 1)))
+    assert orthogonal_loss([x * scale], [y * 7.0]).item() == pytest.approx(orthogonal_loss([x], [y]).item(), rel=1e-5)
+
+
+def test_orthogonal_loss_rejects_unequal_levels():
+    with pytest.raises(ValueError):
+        orthogonal_loss([t(np.ones((2, 3)))] * 2, [t(np.ones((2, 3)))] * 3)
+
+
+# ---------------------------------------------------------------------- Eq. 4
+
+
+def test_feature_distillation_matches_numpy_and_stops_teacher_gradient():
+    shapes = [(2, 8), (2, 16), (2, 3, 4, 4)]
+    s_np = [rng.normal(size=s) for s in shapes]
+    t_np = [rng.normal(size=s) for s in shapes]
+    expected = sum(np.mean((a - b) ** 2) for a, b in zip(s_np, t_np))
+    student = [t(a, grad=True) for a in s_np]
+    teacher = [t(b, grad=True) for b in t_np]
+    loss = feature_distillation_loss(student, teacher)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert all(x.grad is not None for x in student)
+    assert all(x.grad is None for x in teacher)
+    # d/ds mean((s - t)^2) = 2 (s - t) / n
+    np.testing.assert_allclose(student[2].grad.numpy(), 2 * (s_np[2] - t_np[2]) / s_np[2].size, rtol=1e-5)
+
+
+def test_feature_distillation_is_zero_for_identical_features():
+    x = [t(rng.normal(size=(2, 5)), grad=True)]
+    assert feature_distillation_loss(x, [x[0].detach().clone()]).item() == 0.0
+
+
+# ---------------------------------------------------------------------- Eq. 5
+
+
+def softmax_np(z, axis):
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0, 4.0])
+def test_logit_distillation_matches_numpy(T):
+    zs, zt = rng.normal(size=(2, 6, 3, 5)), rng.normal(size=(2, 6, 3, 5))
+    p_t, p_s = softmax_np(zt / T, 1), softmax_np(zs / T, 1)
+    expected = T**2 * np.mean(np.sum(p_t * (np.log(p_t) - np.log(p_s)), axis=1))
+    student, teacher = t(zs, grad=True), t(zt, grad=True)
+    loss = logit_distillation_loss(student, teacher, temperature=T)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert student.grad is not None and teacher.grad is None
+
+
+def test_logit_distillation_is_zero_for_identical_logits_and_positive_otherwise():
+    z = t(rng.normal(size=(1, 6, 4, 4)))
+    assert logit_distillation_loss(z, z.clone()).item() == pytest.approx(0.0, abs=1e-6)
+    assert logit_distillation_loss(z, z + t(rng.normal(size=(1, 6, 4, 4)))).item() > 0
+
+
+def test_logit_distillation_ignores_a_constant_shift_of_the_logits():
+    zs, zt = t(rng.normal(size=(2, 6, 3, 3))), t(rng.normal(size=(2, 6, 3, 3)))
+    shifted = logit_distillation_loss(zs + 3.0, zt - 1.0).item()
+    assert shifted == pytest.approx(logit_distillation_loss(zs, zt).item(), rel=1e-5)
+
+
+# ---------------------------------------------------------------- L_seg (3.3)
+
+
+def dice_np(logits, target, ignore=255, smooth=1.0):
+    p = softmax_np(logits, 1)
+    K = logits.shape[1]
+    valid = target != ignore
+    dices = []
+    for c in range(K):
+        pc = p[:, c][valid]
+        yc = (target[valid] == c).astype(float)
+        dices.append((2 * np.sum(pc * yc) + smooth) / (np.sum(pc) + np.sum(yc) + smooth))
+    return 1 - np.mean(dices)
+
+
+def ce_np(logits, target, weights, ignore=255):
+    logp = np.log(softmax_np(logits, 1))
+    num = den = 0.0
+    for b, y, x in zip(*np.nonzero(target != ignore)):
+        c = target[b, y, x]
+        num += -weights[c] * logp[b, c, y, x]
+        den += weights[c]
+    return num / den
+
+
+def labelled_batch(ignore_fraction=0.2):
+    logits = rng.normal(size=(2, 6, 5, 7)) * 2
+    target = rng.integers(0, 6, size=(2, 5, 7))
+    target[rng.random(size=target.shape) < ignore_fraction] = 255
+    return logits, target
+
+
+def test_dice_and_weighted_cross_entropy_match_loops():
+    logits, target = labelled_batch()
+    weights = rng.uniform(0.2, 3.0, size=6)
+    z, y, w = t(logits), torch.tensor(target), t(weights)
+    assert dice_loss(z, y).item() == pytest.approx(dice_np(logits, target), rel=1e-5)
+    assert cross_entropy(z, y, w).item() == pytest.approx(ce_np(logits, target, weights), rel=1e-5)
+    expected = ce_np(logits, target, weights) + dice_np(logits, target)
+    assert segmentation_loss(z, y, w).item() == pytest.approx(expected, rel=1e-5)
+    assert segmentation_loss(z, y).item() == pytest.approx(ce_np(logits, target, np.ones(6)) + dice_np(logits, target), rel=1e-5)
+
+
+def test_ignored_pixels_do_not_change_the_segmentation_loss():
+    logits, target = labelled_batch()
+    ignored = target == 255
+    changed = logits.copy()
+    changed[np.broadcast_to(ignored[:, None], changed.shape)] = 50.0  # wild logits where the label is ignored
+    y = torch.tensor(target)
+    a = segmentation_loss(t(logits), y, t(np.linspace(0.5, 2, 6)))
+    b = segmentation_loss(t(changed), y, t(np.linspace(0.5, 2, 6)))
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+
+
+def test_segmentation_loss_is_finite_when_every_pixel_is_ignored():
+    logits = t(rng.normal(size=(1, 6, 4, 4)), grad=True)
+    target = torch.full((1, 4, 4), 255)
+    loss = segmentation_loss(logits, target)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(0.0, abs=1e-6)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_dice_loss_is_near_zero_for_a_confident_correct_prediction():
+    target = torch.tensor(rng.integers(0, 6, size=(2, 8, 8)))
+    logits = 50.0 * torch.nn.functional.one_hot(target, 6).permute(0, 3, 1, 2).float()
+    assert dice_loss(logits, target).item() == pytest.approx(0.0, abs=0.02)
+
+
+def test_median_frequency_weights():
+    w = median_frequency_weights([0.3, 0.2, 0.25, 0.2, 0.05, 0.0])
+    np.testing.assert_allclose(w.numpy(), [0.2 / 0.3, 1.0, 0.8, 1.0, 4.0, 0.0], rtol=1e-6)
+
+
+# --------------------------------------------------------- Eq. 14 (combined)
+
+
+TINY = dict(width=4, embed_dim=16, heads=2, depth=1, class_width=2, pos_size=32)
+
+
+def model_outputs(missing, **kwargs):
+    torch.manual_seed(0)
+    model = DIS2(DIS2Config(**TINY, **kwargs))
+    rgir, ndsm = torch.randn(2, 3, 32, 32), torch.randn(2, 1, 32, 32)
+    target = torch.randint(0, 6, (2, 32, 32))
+    full, miss = model.forward_train(rgir, ndsm, missing)
+    return model, full, miss, target
+
+
+@pytest.mark.parametrize("missing", ["rgir", "ndsm"])
+def test_combined_objective_is_the_sum_of_its_terms(missing):
+    _, full, miss, target = model_outputs(missing)
+    weights = torch.linspace(0.5, 2.0, 6)
+    total, terms = dis2_loss(full, miss, target, missing, class_weights=weights)
+    assert set(terms) == set(TERMS)
+    available = "ndsm" if missing == "rgir" else "rgir"
+    seg = lambda y: segmentation_loss(y, target, weights)
+    expected = {
+        "seg_full": seg(full.logits),
+        "seg_miss": seg(miss.logits),
+        "orth": orthogonal_loss(miss.branch_pooled[f"{available}_dist"], miss.branch_pooled[f"{available}_supp"]),
+        "distill_feat": feature_distillation_loss([*miss.fused_pooled, miss.z], [*full.fused_pooled, full.z]),
+        "distill_logit": logit_distillation_loss(miss.logits, full.logits),
+        "uni_rgir": seg(full.uni_logits["rgir"]),
+        "uni_ndsm": seg(full.uni_logits["ndsm"]),
+        "aux": sum(seg(y) for y in [*full.aux_logits, *miss.aux_logits]),
+    }
+    for name, value in expected.items():
+        assert terms[name].item() == pytest.approx(value.item(), rel=1e-5), name
+    assert all(v.item() > 0 for v in terms.values())
+    assert total.item() == pytest.approx(sum(v.item() for v in expected.values()), rel=1e-5)
+
+
+def test_without_dlkd_there_are_no_orthogonal_or_distillation_terms():
+    _, full, miss, target = model_outputs("ndsm", dlkd=False)
+    total, terms = dis2_loss(full, miss, target, "ndsm")
+    assert terms["orth"].item() == terms["distill_feat"].item() == terms["distill_logit"].item() == 0.0
+    assert total.item() == pytest.approx(sum(v.item() for v in terms.values()), rel=1e-6)
+
+
+def test_distillation_sends_no_gradient_to_the_full_scenario():
+    """sg(.) in Eq. 4-5: the distillation terms train the missing path only."""
+    model, full, miss, target = model_outputs("rgir")
+    _, terms = dis2_loss(full, miss, target, "rgir")
+    for x in (full.z, full.logits, *full.fused_pooled):
+        x.retain_grad()
+    (terms["distill_feat"] + terms["distill_logit"]).backward()
+    assert all(x.grad is None for x in (full.z, full.logits, *full.fused_pooled))
+    # The NDSM Supplement encoder is trained by distillation; RGIR_Dist (full path only) is not.
+    assert model.encoders["ndsm_supp"].levels[0][0][0].weight.grad.abs().sum() > 0
+    assert model.encoders["rgir_dist"].levels[0][0][0].weight.grad is None
+    assert math.isfinite(terms["distill_feat"].item())

@@ -1,0 +1,231 @@
+"""The DIS2 network (dis2.py): shapes, scenarios, per-class decoder, errors, overfitting."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dis2 import ABLATIONS, DIS2, DIS2Config, upsample
+from losses import dis2_loss
+
+TINY = dict(width=4, embed_dim=16, heads=2, depth=1, class_width=2, pos_size=64)
+SCENARIOS = {"full": (True, True), "missing_rgir": (False, True), "missing_ndsm": (True, False)}
+
+
+def inputs(B=2, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, 3, size, size, generator=g), torch.randn(B, 1, size, size, generator=g)
+
+
+def scenario_inputs(rgir, ndsm, scenario):
+    use_rgir, use_ndsm = SCENARIOS[scenario]
+    return (rgir if use_rgir else None), (ndsm if use_ndsm else None)
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_output_shapes_every_variant_and_scenario(ablation, scenario):
+    cfg = DIS2Config(**TINY, **ABLATIONS[ablation])
+    model = DIS2(cfg)
+    B, K, H = 2, cfg.num_classes, 64
+    out = model(*scenario_inputs(*inputs(B, H), scenario))
+    assert out.logits.shape == (B, K, H, H)
+    assert out.z.shape == (B, cfg.z_channels, H, H)
+    assert [y.shape for y in out.aux_logits] == [(B, K, H, H)] * 4
+    assert [p.shape for p in out.fused_pooled] == [(B, 4), (B, 8), (B, 16), (B, cfg.embed_dim)]
+    assert out.fused_pooled[-1] is out.fusion_token
+    if cfg.classwise:
+        assert out.attention.shape == (B, K, H // 16, H // 16)
+    else:
+        assert out.attention is None
+    if cfg.dlkd and scenario != "full":
+        available = "ndsm" if scenario == "missing_rgir" else "rgir"
+        assert set(out.branch_pooled) == {f"{available}_dist", f"{available}_supp"}
+        assert [p.shape for p in out.branch_pooled[f"{available}_supp"]] == [(B, 4), (B, 8), (B, 16), (B, 32)]
+    else:
+        assert out.branch_pooled == {}
+    expected_uni = {"full": {"rgir", "ndsm"}, "missing_rgir": {"ndsm"}, "missing_ndsm": {"rgir"}}[scenario]
+    assert set(out.uni_logits) == expected_uni
+    assert all(y.shape == (B, K, H, H) for y in out.uni_logits.values())
+
+
+def test_default_config_shapes_at_256():
+    cfg = DIS2Config()
+    assert cfg.widths == (32, 64, 128, 256) and cfg.embed_dim == 256 and cfg.heads == 8 and cfg.depth == 2
+    model = DIS2(cfg).eval()
+    rgir, ndsm = inputs(1, 256)
+    with torch.inference_mode():
+        for scenario in SCENARIOS:
+            out = model(*scenario_inputs(rgir, ndsm, scenario))
+            assert out.logits.shape == (1, 6, 256, 256)
+            assert out.attention.shape == (1, 6, 16, 16)
+            assert out.z.shape == (1, 32, 256, 256)
+            assert out.fusion_token.shape == (1, 256)
+
+
+def test_non_square_input_interpolates_positional_embeddings():
+    model = DIS2(DIS2Config(**TINY)).eval()
+    rgir, ndsm = torch.randn(1, 3, 48, 80), torch.randn(1, 1, 48, 80)
+    out = model(rgir, ndsm)
+    assert out.logits.shape == (1, 6, 48, 80)
+    assert out.attention.shape == (1, 6, 3, 5)
+
+
+def test_classwise_attention_is_a_softmax_over_positions():
+    model = DIS2(DIS2Config(**TINY)).eval()
+    out = model(*inputs())
+    sums = out.attention.flatten(2).sum(-1)
+    torch.testing.assert_close(sums, torch.ones_like(sums))
+    assert (out.attention >= 0).all()
+
+
+def test_uniform_attention_leaves_deepest_features_unchanged():
+    """Eq. 10 scaled by h*w: with q_k = 0 every alpha_k is uniform and M_k = F_L."""
+    model = DIS2(DIS2Config(**TINY))
+    attention = model.classwise_attention
+    with torch.no_grad():
+        attention.queries.zero_()
+    f_last = torch.randn(2, 32, 4, 4)
+    m, alpha = attention(f_last)
+    torch.testing.assert_close(alpha, torch.full_like(alpha, 1 / 16))
+    torch.testing.assert_close(m.view(2, 6, 32, 4, 4), f_last.unsqueeze(1).expand(-1, 6, -1, -1, -1))
+
+
+def test_forward_train_runs_each_encoder_once():
+    model = DIS2(DIS2Config(**TINY))
+    calls = {name: 0 for name in model.encoders}
+    for name, encoder in model.encoders.items():
+        encoder.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    full, miss = model.forward_train(*inputs(), missing="ndsm")
+    assert calls == {"rgir_dist": 1, "ndsm_dist": 1, "rgir_supp": 1, "ndsm_supp": 0}
+    assert full.logits.shape == miss.logits.shape
+
+
+def test_forward_train_equals_the_two_separate_scenarios():
+    torch.manual_seed(0)
+    model = DIS2(DIS2Config(**TINY)).eval()
+    rgir, ndsm = inputs()
+    full, miss = model.forward_train(rgir, ndsm, missing="rgir")
+    torch.testing.assert_close(full.logits, model(rgir, ndsm).logits)
+    torch.testing.assert_close(miss.logits, model(None, ndsm).logits)
+
+
+def test_missing_scenario_ignores_the_missing_modality():
+    """With RGIR missing the prediction depends on NDSM only: a training batch's
+    RGIR content must not leak into the missing-RGIR output."""
+    model = DIS2(DIS2Config(**TINY)).eval()
+    rgir, ndsm = inputs()
+    _, miss_a = model.forward_train(rgir, ndsm, missing="rgir")
+    _, miss_b = model.forward_train(rgir * 5 + 1, ndsm, missing="rgir")
+    torch.testing.assert_close(miss_a.logits, miss_b.logits)
+
+
+def per_class_reference(level, skip, below, K):
+    """Eq. 11 written literally: for each class k, phi_k^l applied to
+    Concat(F_l, Up(D_k^{l+1})) with class k's own slice of the weights."""
+    d = level.from_below.out_channels // K
+    below = upsample(below, skip.shape[-2:])
+    outputs = []
+    for k in range(K):
+        sl = slice(k * d, (k + 1) * d)
+        weight = torch.cat([level.from_skip.weight[sl], level.from_below.weight[sl]], dim=1)
+        x = F.conv2d(torch.cat([skip, below[:, sl]], dim=1), weight, padding=1)
+        bn1 = level.norm[0]
+        x = F.relu(F.batch_norm(x, bn1.running_mean[sl], bn1.running_var[sl], bn1.weight[sl], bn1.bias[sl], eps=bn1.eps))
+        conv2, bn2 = level.refine[0], level.refine[1]
+        x = F.conv2d(x, conv2.weight[sl], padding=1)
+        x = F.relu(F.batch_norm(x, bn2.running_mean[sl], bn2.running_var[sl], bn2.weight[sl], bn2.bias[sl], eps=bn2.eps))
+        outputs.append(x)
+    return torch.cat(outputs, dim=1)
+
+
+def test_batched_class_decoder_equals_a_loop_over_classes():
+    torch.manual_seed(0)
+    model = DIS2(DIS2Config(**TINY))
+    for module in model.modules():  # non-trivial batch-norm statistics
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    model.eval()
+    K = 6
+    level = model.decoder.levels[1]
+    skip = torch.randn(2, level.from_skip.in_channels, 16, 16)
+    below = torch.randn(2, level.from_below.in_channels, 8, 8)
+    torch.testing.assert_close(level(skip, below), per_class_reference(level, skip, below, K))
+
+
+def test_class_decoders_do_not_mix_classes():
+    """Perturbing class j's attended features M_j changes D_j only."""
+    model = DIS2(DIS2Config(**TINY)).eval()
+    decoder, C = model.decoder, 32
+    m = torch.randn(1, 6 * C, 4, 4)
+    fused = [torch.randn(1, c, 64 // 2**i, 64 // 2**i) for i, c in enumerate((4, 8, 16, 32), start=1)]
+    _, aux = decoder(m, fused, (64, 64))
+    m2 = m.clone()
+    m2[:, 3 * C : 4 * C] += 1.0
+    _, aux2 = decoder(m2, fused, (64, 64))
+    changed = (aux[0] - aux2[0]).abs().amax(dim=(0, 2, 3)) > 1e-6  # per class, level-1 auxiliary logits
+    assert changed.tolist() == [False, False, False, True, False, False]
+
+
+def test_gradients_reach_every_used_parameter():
+    model = DIS2(DIS2Config(**TINY))
+    rgir, ndsm = inputs()
+    target = torch.randint(0, 6, (2, 64, 64))
+    full, miss = model.forward_train(rgir, ndsm, missing="rgir")
+    loss, _ = dis2_loss(full, miss, target, "rgir")
+    loss.backward()
+    for name, p in model.named_parameters():
+        if name.startswith(("encoders.rgir_supp", "branch_pools.rgir_")):
+            assert p.grad is None, name  # RGIR is missing: no RGIR Supplement branch, no RGIR orthogonal loss
+        else:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize(
+    "rgir_shape, ndsm_shape, message",
+    [
+        (None, None, "at least one modality"),
+        ((2, 4, 64, 64), (2, 1, 64, 64), r"rgir must have shape \(B, 3, H, W\)"),
+        ((2, 3, 64, 64), (2, 3, 64, 64), r"ndsm must have shape \(B, 1, H, W\)"),
+        ((3, 64, 64), None, "rgir must have shape"),
+        ((2, 3, 60, 64), None, "multiples of 16"),
+        (None, (2, 1, 64, 72), "multiples of 16"),
+        ((2, 3, 64, 64), (2, 1, 32, 64), "must match"),
+    ],
+)
+def test_bad_inputs_raise_value_error(rgir_shape, ndsm_shape, message):
+    model = DIS2(DIS2Config(**TINY))
+    rgir = torch.randn(rgir_shape) if rgir_shape else None
+    ndsm = torch.randn(ndsm_shape) if ndsm_shape else None
+    with pytest.raises(ValueError, match=message):
+        model(rgir, ndsm)
+
+
+def test_forward_train_rejects_unknown_missing_modality():
+    with pytest.raises(ValueError, match="missing must be one of"):
+        DIS2(DIS2Config(**TINY)).forward_train(*inputs(), missing="dsm")
+
+
+def test_tiny_model_overfits_one_batch():
+    torch.manual_seed(0)
+    model = DIS2(DIS2Config(width=8, embed_dim=32, heads=2, depth=1, class_width=4, pos_size=32))
+    # A learnable target: classes from thresholds of the inputs, in 4x4 blocks
+    # (the decoder ends at H/2, so single-pixel noise is not representable).
+    rgir, ndsm = (F.interpolate(x, scale_factor=4) for x in inputs(2, 8))
+    target = ((rgir[:, 0] > 0).long() + 2 * (ndsm[:, 0] > 0.5).long()).clamp(max=5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    seg_full = []
+    for step in range(60):
+        missing = ("rgir", "ndsm")[step % 2]
+        full, miss = model.forward_train(rgir, ndsm, missing)
+        loss, terms = dis2_loss(full, miss, target, missing)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seg_full.append(terms["seg_full"].item())
+    assert seg_full[-1] < seg_full[0] / 4, seg_full
+    model.eval()
+    accuracy = (model(rgir, ndsm).logits.argmax(1) == target).float().mean()
+    assert accuracy > 0.95
