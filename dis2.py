@@ -36,6 +36,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 MODALITIES = ("rgir", "ndsm")
+OTHER = {"rgir": "ndsm", "ndsm": "rgir"}
+# Scenario name -> the missing modality (Figure 2).
+SCENARIOS = {"full": None, "missing_rgir": "rgir", "missing_ndsm": "ndsm"}
 LEVELS = 4  # L in the paper: encoder levels at H/2, H/4, H/8, H/16
 STRIDE = 2**LEVELS  # H and W must be multiples of this
 
@@ -407,28 +410,33 @@ class DIS2(nn.Module):
             raise ValueError(f"rgir and ndsm must match in batch size, height and width, got {shapes[0]} and {shapes[1]}")
         return "rgir" if rgir is None else "ndsm" if ndsm is None else None
 
-    def forward(self, rgir=None, ndsm=None):
+    def forward(self, rgir=None, ndsm=None, scenarios=None):
+        """Without `scenarios`: the one scenario the inputs imply (None marks
+        the missing modality); returns a DIS2Output. With `scenarios`, names
+        from SCENARIOS: those scenarios from the same inputs, every encoder run
+        once however many scenarios use it; returns {name: DIS2Output}.
+        Training asks for ("full", "missing_rgir") or ("full", "missing_ndsm"),
+        the scenario mask of the paper's Section 3: RGIR_Dist and NDSM_Dist
+        serve both scenarios and one Supplement encoder runs."""
         missing = self.check_inputs(rgir, ndsm)
-        available = "ndsm" if missing == "rgir" else "rgir"
-        features, uni_logits = self.encode(rgir, ndsm, supplement=available if missing else None)
-        return self.scenario(features, uni_logits, missing)
+        if scenarios is None:
+            features, uni_logits = self.encode(rgir, ndsm, supplements=[OTHER[missing]] if missing else [])
+            return self.scenario(features, uni_logits, missing)
+        unknown = [s for s in scenarios if s not in SCENARIOS]
+        if unknown or missing:
+            raise ValueError(
+                f"scenarios must be names from {tuple(SCENARIOS)} and need both rgir and ndsm, "
+                f"got {tuple(scenarios)} with {missing or 'no'} modality missing"
+            )
+        supplements = [OTHER[SCENARIOS[s]] for s in scenarios if SCENARIOS[s]]
+        features, uni_logits = self.encode(rgir, ndsm, supplements)
+        return {s: self.scenario(features, uni_logits, SCENARIOS[s]) for s in scenarios}
 
-    def forward_train(self, rgir, ndsm, missing):
-        """Full scenario and one missing scenario ("rgir" or "ndsm") from a
-        single pass of each encoder: both Distinct encoders run once and are
-        shared by the two scenarios; only the available modality's Supplement
-        encoder runs (the scenario mask of the paper's Section 3)."""
-        if missing not in MODALITIES:
-            raise ValueError(f"missing must be one of {MODALITIES}, got {missing!r}")
-        self.check_inputs(rgir, ndsm)
-        available = "ndsm" if missing == "rgir" else "rgir"
-        features, uni_logits = self.encode(rgir, ndsm, supplement=available)
-        return self.scenario(features, uni_logits, None), self.scenario(features, uni_logits, missing)
-
-    def encode(self, rgir, ndsm, supplement):
+    def encode(self, rgir, ndsm, supplements):
         """Runs the Distinct encoder of every given modality and the Supplement
-        encoder of `supplement` (when DLKD is on). Returns name -> L features,
-        and the unimodal logits of each Distinct encoder (L_uni, Eq. 14)."""
+        encoders of the modalities in `supplements` (when DLKD is on). Returns
+        name -> L features, and the unimodal logits of each Distinct encoder
+        (L_uni, Eq. 14)."""
         images = {"rgir": rgir, "ndsm": ndsm}
         size = next(x for x in images.values() if exists(x)).shape[-2:]
         features, uni_logits = {}, {}
@@ -437,8 +445,8 @@ class DIS2(nn.Module):
             if exists(x):
                 features[f"{m}_dist"] = self.encoders[f"{m}_dist"](x)
                 uni_logits[m] = self.uni_heads[m](features[f"{m}_dist"], size)
-        if exists(supplement) and self.config.dlkd:
-            features[f"{supplement}_supp"] = self.encoders[f"{supplement}_supp"](images[supplement])
+        for m in supplements if self.config.dlkd else []:
+            features[f"{m}_supp"] = self.encoders[f"{m}_supp"](images[m])
         return features, uni_logits
 
     def scenario(self, features, uni_logits, missing):
@@ -449,7 +457,7 @@ class DIS2(nn.Module):
         slot holds zeros."""
         slots = {"rgir": "rgir_dist", "ndsm": "ndsm_dist"}
         if exists(missing):
-            available = "ndsm" if missing == "rgir" else "rgir"
+            available = OTHER[missing]
             slots[missing] = f"{available}_supp"
         present = {m: features[name] for m, name in slots.items() if name in features}
         reference = next(iter(present.values()))

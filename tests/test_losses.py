@@ -197,8 +197,8 @@ def model_outputs(missing, **kwargs):
     model = DIS2(DIS2Config(**TINY, **kwargs))
     rgir, ndsm = torch.randn(2, 3, 32, 32), torch.randn(2, 1, 32, 32)
     target = torch.randint(0, 6, (2, 32, 32))
-    full, miss = model.forward_train(rgir, ndsm, missing)
-    return model, full, miss, target
+    out = model(rgir, ndsm, scenarios=("full", f"missing_{missing}"))
+    return model, out["full"], out[f"missing_{missing}"], target
 
 
 @pytest.mark.parametrize("missing", ["rgir", "ndsm"])

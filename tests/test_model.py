@@ -90,21 +90,24 @@ def test_uniform_attention_leaves_deepest_features_unchanged():
     torch.testing.assert_close(m.view(2, 6, 32, 4, 4), f_last.unsqueeze(1).expand(-1, 6, -1, -1, -1))
 
 
-def test_forward_train_runs_each_encoder_once():
+def test_scenarios_share_one_run_of_each_encoder():
     model = DIS2(DIS2Config(**TINY))
     calls = {name: 0 for name in model.encoders}
     for name, encoder in model.encoders.items():
         encoder.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
-    full, miss = model.forward_train(*inputs(), missing="ndsm")
+    out = model(*inputs(), scenarios=("full", "missing_ndsm"))
+    full, miss = out["full"], out["missing_ndsm"]
     assert calls == {"rgir_dist": 1, "ndsm_dist": 1, "rgir_supp": 1, "ndsm_supp": 0}
     assert full.logits.shape == miss.logits.shape
 
 
-def test_forward_train_equals_the_two_separate_scenarios():
+def test_shared_scenarios_equal_the_separate_calls():
     torch.manual_seed(0)
     model = DIS2(DIS2Config(**TINY)).eval()
     rgir, ndsm = inputs()
-    full, miss = model.forward_train(rgir, ndsm, missing="rgir")
+    out = model(rgir, ndsm, scenarios=("full", "missing_rgir", "missing_ndsm"))
+    torch.testing.assert_close(out["missing_ndsm"].logits, model(rgir, None).logits)
+    full, miss = out["full"], out["missing_rgir"]
     torch.testing.assert_close(full.logits, model(rgir, ndsm).logits)
     torch.testing.assert_close(miss.logits, model(None, ndsm).logits)
 
@@ -114,8 +117,8 @@ def test_missing_scenario_ignores_the_missing_modality():
     RGIR content must not leak into the missing-RGIR output."""
     model = DIS2(DIS2Config(**TINY)).eval()
     rgir, ndsm = inputs()
-    _, miss_a = model.forward_train(rgir, ndsm, missing="rgir")
-    _, miss_b = model.forward_train(rgir * 5 + 1, ndsm, missing="rgir")
+    miss_a = model(rgir, ndsm, scenarios=["missing_rgir"])["missing_rgir"]
+    miss_b = model(rgir * 5 + 1, ndsm, scenarios=["missing_rgir"])["missing_rgir"]
     torch.testing.assert_close(miss_a.logits, miss_b.logits)
 
 
@@ -173,8 +176,8 @@ def test_gradients_reach_every_used_parameter():
     model = DIS2(DIS2Config(**TINY))
     rgir, ndsm = inputs()
     target = torch.randint(0, 6, (2, 64, 64))
-    full, miss = model.forward_train(rgir, ndsm, missing="rgir")
-    loss, _ = dis2_loss(full, miss, target, "rgir")
+    out = model(rgir, ndsm, scenarios=("full", "missing_rgir"))
+    loss, _ = dis2_loss(out["full"], out["missing_rgir"], target, "rgir")
     loss.backward()
     for name, p in model.named_parameters():
         if name.startswith(("encoders.rgir_supp", "branch_pools.rgir_")):
@@ -203,9 +206,13 @@ def test_bad_inputs_raise_value_error(rgir_shape, ndsm_shape, message):
         model(rgir, ndsm)
 
 
-def test_forward_train_rejects_unknown_missing_modality():
-    with pytest.raises(ValueError, match="missing must be one of"):
-        DIS2(DIS2Config(**TINY)).forward_train(*inputs(), missing="dsm")
+def test_scenarios_need_known_names_and_both_modalities():
+    model = DIS2(DIS2Config(**TINY))
+    rgir, ndsm = inputs()
+    with pytest.raises(ValueError, match="scenarios must be names from"):
+        model(rgir, ndsm, scenarios=("full", "missing_dsm"))
+    with pytest.raises(ValueError, match="need both rgir and ndsm"):
+        model(rgir, None, scenarios=("missing_ndsm",))
 
 
 def test_tiny_model_overfits_one_batch():
@@ -219,8 +226,8 @@ def test_tiny_model_overfits_one_batch():
     seg_full = []
     for step in range(60):
         missing = ("rgir", "ndsm")[step % 2]
-        full, miss = model.forward_train(rgir, ndsm, missing)
-        loss, terms = dis2_loss(full, miss, target, missing)
+        out = model(rgir, ndsm, scenarios=("full", f"missing_{missing}"))
+        loss, terms = dis2_loss(out["full"], out[f"missing_{missing}"], target, missing)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
