@@ -1,0 +1,290 @@
+"""
+Evaluate a DIS2 checkpoint on whole ISPRS tiles in the paper's three
+scenarios and print its Table 1 (and, with --feature-distance, its Table 3).
+
+    python evaluate.py                                  # best.pt of the latest run under runs/, test split
+    python evaluate.py --checkpoint runs/x/best.pt --missing rgir --eroded --json scores.json
+
+Each tile is covered by overlapping windows; the softmax probabilities of
+overlapping windows are averaged and every pixel of the tile is scored once.
+All three scenarios come from one pass of each encoder per window (the full
+scenario and the two missing ones share the Distinct encoders). The scores
+come from one confusion matrix over all tiles of the split: F1 and IoU per
+class, mF1 and mIoU over the paper's five classes (clutter is reported
+beside them, as is usual for ISPRS), and the overall accuracy over every
+labelled pixel.
+"""
+
+import argparse
+import json
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+import data
+from data import CLASSES, IGNORE_INDEX, DataError
+from dis2 import DIS2, DIS2Config, SCENARIOS
+
+SCORED = CLASSES[:5]  # averaged into mF1 and mIoU, as in the paper
+ROW_NAMES = {"full": "Full Modality", "missing_rgir": "Missing RGIR - Only NDSM", "missing_ndsm": "Missing NDSM - Only RGIR"}
+COLUMN_NAMES = ("Imp. Surface", "Building", "Low Veg.", "Tree", "Car")
+DISTANCE_PAIRS = (("full", "missing_rgir"), ("full", "missing_ndsm"), ("missing_rgir", "missing_ndsm"))
+CHECKPOINT_FORMAT = "dis2-checkpoint-1"
+
+
+# -----------------------------------------------------------------------------
+# Devices and checkpoints (train.py uses these too)
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(device, amp):
+    """Mixed precision on CUDA (bf16 where supported, else fp16); None = full precision."""
+    if amp is None:
+        amp = device.type == "cuda"
+    if amp and device.type != "cuda":
+        raise DataError("--amp needs a CUDA device; drop --amp or use --device cuda")
+    if not amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def config_dict(config):
+    return {f.name: getattr(config, f.name) for f in fields(config) if f.init}
+
+
+def load_checkpoint(path):
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found; pass --checkpoint PATH to a .pt file written by train.py")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__}); pass a .pt file written by train.py")
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(f"{path}: not a DIS2 checkpoint (no '{CHECKPOINT_FORMAT}' marker); pass a .pt file written by train.py")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint, device):
+    model = DIS2(DIS2Config(**checkpoint["config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval()
+
+
+def latest_checkpoint(runs="runs", name="best.pt"):
+    candidates = sorted(Path(runs).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise DataError(f"no checkpoint given and no {runs}/*/{name} found; train first or pass --checkpoint PATH")
+    return candidates[-1]
+
+
+# -----------------------------------------------------------------------------
+# Metrics
+
+
+def confusion_matrix(pred, label, num_classes=len(CLASSES)):
+    """Rows: reference class, columns: predicted class; IGNORE_INDEX pixels are skipped."""
+    valid = label != IGNORE_INDEX
+    index = num_classes * label[valid].astype(np.int64) + pred[valid]
+    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def scores(confusion):
+    """Per-class F1 and IoU, mF1 and mIoU over the five scored classes, OA; in percent.
+    A class absent from both reference and prediction has no F1 (None)."""
+    tp = np.diag(confusion).astype(np.float64)
+    fp, fn = confusion.sum(0) - tp, confusion.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = 100 * 2 * tp / (2 * tp + fp + fn)
+        iou = 100 * tp / (tp + fp + fn)
+    scored = [CLASSES.index(c) for c in SCORED]
+    value = lambda x: None if np.isnan(x) else float(x)
+    return {
+        "f1": {c: value(f1[i]) for i, c in enumerate(CLASSES)},
+        "mF1": value(np.nanmean(f1[scored])) if not np.isnan(f1[scored]).all() else None,
+        "mIoU": value(np.nanmean(iou[scored])) if not np.isnan(iou[scored]).all() else None,
+        "OA": value(100 * tp.sum() / confusion.sum()) if confusion.sum() else None,
+    }
+
+
+# -----------------------------------------------------------------------------
+# Whole-tile prediction
+
+
+@torch.inference_mode()
+def predict_tile(model, tile, scenarios, window, overlap, batch_size, device, amp_dtype, distances=None):
+    """Class maps (H, W) uint8 for each scenario. Windows are batched; each
+    window runs every encoder once for all scenarios. With `distances` (a dict
+    pair -> [sum, count]), adds the L2 distance between the penultimate
+    features Z of each pair of scenarios, averaged over the window's pixels."""
+    H, W = tile.label.shape
+    rgir, ndsm = data.pad_to_window(tile.rgir, window), data.pad_to_window(tile.ndsm, window)
+    starts = data.sliding_windows(*ndsm.shape[:2], window, overlap)
+    K = model.config.num_classes
+    # Summed softmax probabilities: their argmax is that of the average over windows.
+    probs = {s: torch.zeros(K, *ndsm.shape[:2], device=device) for s in scenarios}
+    for i in range(0, len(starts), batch_size):
+        batch = starts[i : i + batch_size]
+        r, n = data.normalise(
+            np.stack([rgir[y : y + window, x : x + window] for y, x in batch]),
+            np.stack([ndsm[y : y + window, x : x + window] for y, x in batch]),
+        )
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            outputs = model(r.to(device), n.to(device), scenarios=scenarios)
+        for s, out in outputs.items():
+            p = out.logits.float().softmax(dim=1)
+            for (y, x), p_window in zip(batch, p):
+                probs[s][:, y : y + window, x : x + window] += p_window
+        for a, b in distances or {}:
+            distance = (outputs[a].z.float() - outputs[b].z.float()).norm(dim=1).mean(dim=(1, 2))  # (B,)
+            distances[a, b][0] += distance.sum().item()
+            distances[a, b][1] += len(batch)
+    return {s: p[:, :H, :W].argmax(0).to(torch.uint8).cpu().numpy() for s, p in probs.items()}
+
+
+def evaluate_tiles(model, tiles, scenarios, window, overlap, batch_size, device, amp_dtype,
+                   eroded=False, feature_distance=False, save_dir=None, progress=True):
+    """Scores each scenario over all tiles from one confusion matrix per scenario.
+    Returns (scores per scenario, feature distances per pair or None)."""
+    confusion = {s: np.zeros((len(CLASSES),) * 2, np.int64) for s in scenarios}
+    distances = {pair: [0.0, 0] for pair in DISTANCE_PAIRS if set(pair) <= set(scenarios)} if feature_distance else None
+    for tile in tqdm(tiles, desc="tiles", unit="tile", disable=not progress):
+        label = tile.label_eroded if eroded else tile.label
+        predictions = predict_tile(model, tile, scenarios, window, overlap, batch_size, device, amp_dtype, distances)
+        for s, pred in predictions.items():
+            confusion[s] += confusion_matrix(pred, label)
+            if save_dir is not None:
+                Image.fromarray(data.labels_to_rgb(pred)).save(Path(save_dir) / f"{tile.name}_{s}.png")
+    mean_distance = {pair: total / max(count, 1) for pair, (total, count) in distances.items()} if distances else None
+    return {s: scores(c) for s, c in confusion.items()}, mean_distance
+
+
+# -----------------------------------------------------------------------------
+# Tables
+
+
+def fmt(x, width=8):
+    return f"{'-':>{width}}" if x is None else f"{x:{width}.2f}"
+
+
+def table(results):
+    """The layout of the paper's Table 1: a row per scenario, the five class F1
+    scores, mF1 and mIoU; then OA and the clutter F1 (not in the means)."""
+    header = f"{'Scenario':<26}" + "".join(f"{c:>13}" for c in COLUMN_NAMES) + f"{'mF1':>8}{'mIoU':>8}{'OA':>8} |{'Clutter':>8}"
+    lines = [header, "-" * len(header)]
+    for s, r in results.items():
+        cells = "".join(fmt(r["f1"][c], 13) for c in SCORED)
+        lines.append(f"{ROW_NAMES[s]:<26}{cells}{fmt(r['mF1'])}{fmt(r['mIoU'])}{fmt(r['OA'])} |{fmt(r['f1']['clutter'])}")
+    return "\n".join(lines)
+
+
+def distance_table(distances):
+    """The layout of the paper's Table 3: mean L2 distance between the
+    penultimate features Z of two scenarios, over all windows."""
+    lines = [f"{'Scenario pair':<36}{'L2 distance of Z':>18}"]
+    for (a, b), d in distances.items():
+        lines.append(f"{ROW_NAMES[a].split(' - ')[0] + ' vs ' + ROW_NAMES[b].split(' - ')[0]:<36}{d:>18.4f}")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv=None):
+    p = data.ArgumentParser(description="Evaluate a DIS2 checkpoint in the paper's scenarios (Table 1).")
+    p.add_argument("--checkpoint", help="checkpoint file (default: best.pt of the most recent run under runs/)")
+    p.add_argument("--data", help="ISPRS data directory (default: the one stored in the checkpoint)")
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--missing", choices=("none", "rgir", "ndsm", "all"), default="all",
+                   help="the scenario: none = full modality, rgir = RGIR missing (NDSM only), ndsm = NDSM missing, all = the three")
+    p.add_argument("--eroded", action="store_true", help="score against the eroded labels (*_noBoundary.tif), the ISPRS convention")
+    p.add_argument("--save-predictions", metavar="DIR", help="write one colour PNG per tile and scenario")
+    p.add_argument("--json", metavar="PATH", help="write the scores as JSON")
+    p.add_argument("--feature-distance", action="store_true",
+                   help="also report the paper's Table 3: L2 distance between the features Z of the scenarios")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with CUDA)")
+    p.add_argument("--batch-size", type=data.positive_int, default=4, help="windows per forward pass")
+    p.add_argument("--window", type=data.positive_int, help="window side, a multiple of 16 (default: the training patch)")
+    p.add_argument("--overlap", type=data.positive_int, help="overlap of adjacent windows in pixels (default: a quarter window)")
+    return p.parse_args(argv)
+
+
+def chosen_scenarios(missing):
+    return {"all": list(SCENARIOS), "none": ["full"], "rgir": ["missing_rgir"], "ndsm": ["missing_ndsm"]}[missing]
+
+
+def writable_dir(path, flag):
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"{flag} {path}: cannot write there ({e.strerror}); choose a writable directory")
+    return path
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    amp_dtype = autocast_dtype(device, args.amp)
+    checkpoint_path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint()
+    checkpoint = load_checkpoint(checkpoint_path)
+    if checkpoint["config"]["num_classes"] != len(CLASSES):
+        raise DataError(
+            f"{checkpoint_path}: the model predicts {checkpoint['config']['num_classes']} classes but the ISPRS "
+            f"labels have {len(CLASSES)}; use a checkpoint trained on ISPRS data"
+        )
+    window = args.window or checkpoint["train_args"]["patch"]
+    if window % 16:
+        raise DataError(f"--window {window}: must be a multiple of 16")
+    overlap = args.overlap if args.overlap is not None else window // 4
+    if overlap >= window:
+        raise DataError(f"--overlap {overlap}: must be smaller than the window ({window})")
+    save_dir = writable_dir(args.save_predictions, "--save-predictions") if args.save_predictions else None
+    if args.json:
+        writable_dir(Path(args.json).parent, "--json")
+
+    data_dir = args.data or checkpoint["data"]
+    tiles = data.load_split(data_dir, args.split, None if args.data else checkpoint.get("dataset"))
+    if args.eroded:
+        missing_eroded = [t.name for t in tiles if t.label_eroded is None]
+        if missing_eroded:
+            raise DataError(f"--eroded: no eroded label (*_noBoundary.tif) for tile(s) {', '.join(missing_eroded)} in {data_dir}")
+    model = model_from_checkpoint(checkpoint, device)
+    scenarios = chosen_scenarios(args.missing)
+
+    start = time.perf_counter()
+    results, distances = evaluate_tiles(model, tiles, scenarios, window, overlap, args.batch_size, device, amp_dtype,
+                                        eroded=args.eroded, feature_distance=args.feature_distance, save_dir=save_dir)
+    seconds = time.perf_counter() - start
+    labels = "eroded labels" if args.eroded else "full reference labels"
+    print(f"\n{checkpoint_path}: {args.split} split, {len(tiles)} tiles, {labels}, {seconds:.1f} s (F1 in %)")
+    print(table(results))
+    if distances:
+        print()
+        print(distance_table(distances))
+    if args.json:
+        report = {"checkpoint": str(checkpoint_path), "split": args.split, "eroded": args.eroded, "scenarios": results}
+        if distances:
+            report["feature_distance"] = {f"{a}_vs_{b}": d for (a, b), d in distances.items()}
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    data.exit_on_user_error(main)

@@ -1,0 +1,273 @@
+"""train.py and evaluate.py end to end on a tiny synthetic dataset, metrics, resume, atomic saves, bad input."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+import evaluate
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_RUN = ["--patch", "32", "--batch-size", "2", "--samples-per-epoch", "6", "--width", "4", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    data.synthesize(root, dataset="vaihingen", tiles=3, size=64, seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_run(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train.main(["--data", str(dataset), "--epochs", "1", "--out", str(out), *TINY_RUN])
+    return out
+
+
+def run_script(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------- end to end
+
+
+def test_training_writes_checkpoints_and_metrics(trained_run):
+    assert (trained_run / "last.pt").is_file() and (trained_run / "best.pt").is_file()
+    checkpoint = evaluate.load_checkpoint(trained_run / "last.pt")
+    for key in ("model", "optimizer", "scheduler", "scaler", "rng", "state", "config", "train_args", "data", "dataset"):
+        assert key in checkpoint, key
+    assert checkpoint["state"]["epoch"] == 1 and checkpoint["state"]["global_step"] == 3
+    rows = list(csv.DictReader(open(trained_run / "metrics.csv")))
+    assert len(rows) == 1
+    for column in ("loss", "seg_full", "seg_miss", "orth", "distill_feat", "distill_logit", "uni_rgir", "uni_ndsm", "aux",
+                   "val_full_mF1", "val_missing_rgir_mF1", "val_missing_ndsm_mF1", "val_score"):
+        assert column in rows[0] and np.isfinite(float(rows[0][column])), column
+
+
+def test_evaluate_writes_the_json_table_and_colour_maps(trained_run, dataset, tmp_path, capsys):
+    report_path, maps = tmp_path / "scores.json", tmp_path / "maps"
+    evaluate.main(["--checkpoint", str(trained_run / "best.pt"), "--json", str(report_path),
+                   "--save-predictions", str(maps), "--eroded", "--feature-distance"])
+    printed = capsys.readouterr().out
+    for row in ("Full Modality", "Missing RGIR - Only NDSM", "Missing NDSM - Only RGIR", "mF1", "mIoU", "OA"):
+        assert row in printed
+    report = json.loads(report_path.read_text())
+    assert report["checkpoint"] == str(trained_run / "best.pt")
+    assert report["split"] == "test" and report["eroded"] is True
+    assert list(report["scenarios"]) == ["full", "missing_rgir", "missing_ndsm"]
+    for result in report["scenarios"].values():
+        assert set(result) == {"f1", "mF1", "mIoU", "OA"}
+        assert list(result["f1"]) == list(data.CLASSES)
+        values = [*result["f1"].values(), result["mF1"], result["mIoU"], result["OA"]]
+        assert all(v is None or 0 <= v <= 100 for v in values)
+        assert result["OA"] is not None
+    assert set(report["feature_distance"]) == {"full_vs_missing_rgir", "full_vs_missing_ndsm", "missing_rgir_vs_missing_ndsm"}
+    test_tiles = data.load_split(dataset, "test")
+    for tile in test_tiles:
+        for scenario in ("full", "missing_rgir", "missing_ndsm"):
+            image = np.asarray(Image.open(maps / f"{tile.name}_{scenario}.png").convert("RGB"))
+            assert image.shape == (*tile.label.shape, 3)
+            colours = {tuple(c) for c in image.reshape(-1, 3)}
+            assert colours <= {tuple(c) for c in data.PALETTE}
+
+
+def test_evaluate_one_scenario_json_has_only_that_scenario(trained_run, tmp_path):
+    report_path = tmp_path / "scores.json"
+    evaluate.main(["--checkpoint", str(trained_run / "best.pt"), "--missing", "rgir", "--split", "val",
+                   "--json", str(report_path)])
+    report = json.loads(report_path.read_text())
+    assert list(report["scenarios"]) == ["missing_rgir"] and report["split"] == "val" and report["eroded"] is False
+
+
+# -------------------------------------------------------------------- metrics
+
+
+def test_scores_match_a_hand_computed_confusion_matrix():
+    label = np.array([[0, 0, 1, 1], [2, 2, 3, 4], [5, 255, 0, 1]], np.uint8)
+    pred = np.array([[0, 1, 1, 1], [2, 3, 3, 4], [5, 0, 0, 0]], np.uint8)
+    confusion = evaluate.confusion_matrix(pred, label)
+    expected = np.zeros((6, 6), np.int64)
+    for t, p in [(0, 0), (0, 1), (1, 1), (1, 1), (2, 2), (2, 3), (3, 3), (4, 4), (5, 5), (0, 0), (1, 0)]:
+        expected[t, p] += 1
+    np.testing.assert_array_equal(confusion, expected)
+    s = evaluate.scores(confusion)
+    # class 0: tp 2, fp 1 (a 1 predicted as 0), fn 1 -> F1 = 4/6; IoU = 2/4
+    # class 1: tp 2, fp 1, fn 1 -> F1 = 4/6, IoU 2/4; class 2: tp 1, fn 1 -> F1 2/3, IoU 1/2
+    # class 3: tp 1, fp 1 -> F1 2/3, IoU 1/2; class 4: F1 1, IoU 1; class 5 (clutter): F1 1
+    f1 = [4 / 6, 4 / 6, 2 / 3, 2 / 3, 1.0, 1.0]
+    iou = [0.5, 0.5, 0.5, 0.5, 1.0]
+    assert [s["f1"][c] for c in data.CLASSES] == pytest.approx([100 * x for x in f1])
+    assert s["mF1"] == pytest.approx(100 * np.mean(f1[:5]))
+    assert s["mIoU"] == pytest.approx(100 * np.mean(iou))
+    assert s["OA"] == pytest.approx(100 * 8 / 11)
+
+
+def test_a_perfect_prediction_scores_100():
+    label = np.random.default_rng(0).integers(0, 6, size=(20, 30)).astype(np.uint8)
+    s = evaluate.scores(evaluate.confusion_matrix(label, label))
+    assert s["mF1"] == s["mIoU"] == s["OA"] == 100.0
+    assert all(v == 100.0 for v in s["f1"].values())
+
+
+def test_sliding_window_prediction_covers_the_tile(trained_run, dataset):
+    checkpoint = evaluate.load_checkpoint(trained_run / "best.pt")
+    model = evaluate.model_from_checkpoint(checkpoint, torch.device("cpu"))
+    tile = data.load_split(dataset, "test")[0]
+    predictions = evaluate.predict_tile(model, tile, ["full"], 32, 8, 3, torch.device("cpu"), None)
+    assert predictions["full"].shape == tile.label.shape
+    # One window holding the whole (padded) tile gives the same map as its forward pass.
+    window = -(-max(tile.label.shape) // 16) * 16
+    whole = evaluate.predict_tile(model, tile, ["full"], window, 0, 1, torch.device("cpu"), None)["full"]
+    rgir, ndsm = data.normalise(data.pad_to_window(tile.rgir, window)[None], data.pad_to_window(tile.ndsm, window)[None])
+    with torch.inference_mode():
+        direct = model(rgir, ndsm).logits.argmax(1)[0, : tile.label.shape[0], : tile.label.shape[1]].numpy()
+    np.testing.assert_array_equal(whole, direct)
+
+
+# ----------------------------------------------------------- resume, saving
+
+
+def final_weights(out):
+    return evaluate.load_checkpoint(out / "last.pt")["model"]
+
+
+def test_interrupted_and_resumed_training_equals_uninterrupted(dataset, tmp_path, monkeypatch):
+    run = ["--data", str(dataset), "--epochs", "2", *TINY_RUN]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train.main([*run, "--out", str(straight)])
+
+    calls = {"n": 0}
+    real_loss = train.dis2_loss
+
+    def loss_then_sigterm(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # mid-epoch 1 (3 steps per epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train, "dis2_loss", loss_then_sigterm)
+    train.main([*run, "--out", str(interrupted)])
+    state = evaluate.load_checkpoint(interrupted / "last.pt")["state"]
+    assert (state["epoch"], state["step_in_epoch"]) == (0, 2)
+    assert not (interrupted / "metrics.csv").exists()
+    monkeypatch.setattr(train, "dis2_loss", real_loss)
+    train.main(["--resume", str(interrupted)])
+
+    a, b = final_weights(straight), final_weights(interrupted)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert (straight / "metrics.csv").read_text() == (interrupted / "metrics.csv").read_text()
+
+
+def test_resume_of_a_finished_run_says_how_to_go_on(trained_run):
+    with pytest.raises(data.DataError, match="already finished 1 epochs"):
+        train.main(["--resume", str(trained_run)])
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    train.save_checkpoint({"format": evaluate.CHECKPOINT_FORMAT, "value": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial bytes")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        train.save_checkpoint({"format": evaluate.CHECKPOINT_FORMAT, "value": 2}, path)
+    assert evaluate.load_checkpoint(path)["value"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_non_finite_loss_stops_with_the_step_and_term(dataset, tmp_path, monkeypatch, capsys):
+    real_loss = train.dis2_loss
+    calls = {"n": 0}
+
+    def nan_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        total, terms = real_loss(*args, **kwargs)
+        if calls["n"] == 5:
+            terms["distill_logit"] = torch.tensor(float("nan"))
+            total = total + terms["distill_logit"]
+        return total, terms
+
+    monkeypatch.setattr(train, "dis2_loss", nan_in_epoch_two)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        train.main(["--data", str(dataset), "--epochs", "2", "--out", str(out), *TINY_RUN])
+    assert stopped.value.code == 1
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "epoch 2, step 4" in message and "distill_logit" in message and str(out / "last.pt") in message
+    assert evaluate.load_checkpoint(out / "last.pt")["state"]["epoch"] == 1
+
+
+# ----------------------------------------------------------------- bad input
+
+
+def test_unknown_flag_value(trained_run):
+    assert_one_line_error(run_script("evaluate.py", "--checkpoint", str(trained_run / "best.pt"), "--missing", "foo"),
+                          "--missing", "foo")
+
+
+def test_checkpoint_that_does_not_exist(tmp_path):
+    assert_one_line_error(run_script("evaluate.py", "--checkpoint", str(tmp_path / "nope.pt")), "nope.pt", "not found")
+
+
+def test_file_that_is_not_a_dis2_checkpoint(tmp_path):
+    junk, other = tmp_path / "junk.pt", tmp_path / "other.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    torch.save({"model": {}}, other)
+    assert_one_line_error(run_script("evaluate.py", "--checkpoint", str(junk)), "junk.pt", "not a readable checkpoint")
+    assert_one_line_error(run_script("evaluate.py", "--checkpoint", str(other)), "other.pt", "not a DIS2 checkpoint")
+
+
+def test_checkpoint_whose_classes_do_not_match_the_data(trained_run, tmp_path):
+    checkpoint = evaluate.load_checkpoint(trained_run / "best.pt")
+    checkpoint["config"]["num_classes"] = 5
+    path = tmp_path / "five.pt"
+    torch.save(checkpoint, path)
+    assert_one_line_error(run_script("evaluate.py", "--checkpoint", str(path)), "5 classes")
+
+
+def test_resume_without_a_checkpoint(tmp_path):
+    assert_one_line_error(run_script(str(ROOT / "train.py"), "--resume", cwd=tmp_path), "no runs/*/last.pt")
+    assert_one_line_error(run_script(str(ROOT / "train.py"), "--resume", str(tmp_path / "gone")), "not found")
+
+
+def test_output_directory_that_is_not_writable(dataset, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_script("train.py", "--data", str(dataset), "--out", str(blocker / "run"), *TINY_RUN)
+    assert_one_line_error(result, "--out", "cannot write")
+
+
+def test_existing_run_is_not_overwritten(dataset, trained_run):
+    assert_one_line_error(run_script("train.py", "--data", str(dataset), "--out", str(trained_run), *TINY_RUN),
+                          "already holds a run", "--resume")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_cuda(trained_run):
+    assert_one_line_error(run_script("evaluate.py", "--checkpoint", str(trained_run / "best.pt"), "--device", "cuda"),
+                          "--device cuda")
