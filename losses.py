@@ -49,28 +49,31 @@ def logit_distillation_loss(student_logits, teacher_logits, temperature=2.0):
 
 
 def dice_loss(logits, target, ignore_index=IGNORE_INDEX, smooth=1.0):
-    """Soft multi-class Dice loss, 1 - mean_c Dice_c, with the Dice of each
-    class pooled over the batch and all pixels that are not `ignore_index`."""
+    """Soft multi-class Dice loss per image, 1 - mean_c Dice_c, with the Dice
+    of class c over the image's pixels that are not `ignore_index`; averaged
+    over the batch."""
     probs = logits.float().softmax(dim=1)  # (B, K, H, W)
     valid = (target != ignore_index).unsqueeze(1)  # (B, 1, H, W)
     one_hot = F.one_hot(torch.where(valid.squeeze(1), target, 0), probs.shape[1]).permute(0, 3, 1, 2)
     probs, one_hot = probs * valid, one_hot * valid
-    dims = (0, 2, 3)
-    dice = (2 * (probs * one_hot).sum(dims) + smooth) / (probs.sum(dims) + one_hot.sum(dims) + smooth)
-    return 1 - dice.mean()
+    dice = (2 * (probs * one_hot).sum((2, 3)) + smooth) / (probs.sum((2, 3)) + one_hot.sum((2, 3)) + smooth)  # (B, K)
+    return (1 - dice.mean(dim=1)).mean()
 
 
 def cross_entropy(logits, target, class_weights=None, ignore_index=IGNORE_INDEX):
-    """Class-weighted cross entropy, the weighted mean over pixels that are not
-    `ignore_index`; 0 (not NaN) when every pixel is ignored."""
-    total = F.cross_entropy(logits.float(), target, weight=class_weights, ignore_index=ignore_index, reduction="sum")
-    valid = target[target != ignore_index]
-    weight = class_weights[valid].sum() if class_weights is not None else valid.new_tensor(valid.numel(), dtype=total.dtype)
-    return total / weight.clamp_min(torch.finfo(total.dtype).tiny)
+    """Class-weighted cross entropy per image, the weighted mean over its
+    pixels that are not `ignore_index` (0 when all are); averaged over the batch."""
+    nll = F.cross_entropy(logits.float(), target, weight=class_weights, ignore_index=ignore_index, reduction="none")
+    valid = target != ignore_index
+    weights = class_weights[torch.where(valid, target, 0)] * valid if class_weights is not None else valid.float()
+    per_image = nll.sum((1, 2)) / weights.sum((1, 2)).clamp_min(torch.finfo(nll.dtype).tiny)  # (B,)
+    return per_image.mean()
 
 
 def segmentation_loss(logits, target, class_weights=None, ignore_index=IGNORE_INDEX):
-    """L_seg of Section 3.3: weighted cross entropy plus Dice."""
+    """L_seg of Section 3.3: weighted cross entropy plus Dice. Both are taken
+    per image and averaged over the batch, like every loss here, so a batch
+    split over several processes (torchrun) gives the same gradient."""
     return cross_entropy(logits, target, class_weights, ignore_index) + dice_loss(logits, target, ignore_index)
 
 

@@ -117,24 +117,29 @@ def test_logit_distillation_ignores_a_constant_shift_of_the_logits():
 
 def dice_np(logits, target, ignore=255, smooth=1.0):
     p = softmax_np(logits, 1)
-    K = logits.shape[1]
-    valid = target != ignore
-    dices = []
-    for c in range(K):
-        pc = p[:, c][valid]
-        yc = (target[valid] == c).astype(float)
-        dices.append((2 * np.sum(pc * yc) + smooth) / (np.sum(pc) + np.sum(yc) + smooth))
-    return 1 - np.mean(dices)
+    losses = []
+    for b in range(len(target)):
+        valid = target[b] != ignore
+        dices = []
+        for c in range(logits.shape[1]):
+            pc = p[b, c][valid]
+            yc = (target[b][valid] == c).astype(float)
+            dices.append((2 * np.sum(pc * yc) + smooth) / (np.sum(pc) + np.sum(yc) + smooth))
+        losses.append(1 - np.mean(dices))
+    return np.mean(losses)
 
 
 def ce_np(logits, target, weights, ignore=255):
     logp = np.log(softmax_np(logits, 1))
-    num = den = 0.0
-    for b, y, x in zip(*np.nonzero(target != ignore)):
-        c = target[b, y, x]
-        num += -weights[c] * logp[b, c, y, x]
-        den += weights[c]
-    return num / den
+    per_image = []
+    for b in range(len(target)):
+        num = den = 0.0
+        for y, x in zip(*np.nonzero(target[b] != ignore)):
+            c = target[b, y, x]
+            num += -weights[c] * logp[b, c, y, x]
+            den += weights[c]
+        per_image.append(num / den if den else 0.0)
+    return np.mean(per_image)
 
 
 def labelled_batch(ignore_fraction=0.2):
@@ -164,6 +169,16 @@ def test_ignored_pixels_do_not_change_the_segmentation_loss():
     a = segmentation_loss(t(logits), y, t(np.linspace(0.5, 2, 6)))
     b = segmentation_loss(t(changed), y, t(np.linspace(0.5, 2, 6)))
     assert a.item() == pytest.approx(b.item(), rel=1e-6)
+
+
+def test_segmentation_loss_is_the_batch_mean_of_per_image_losses():
+    """What makes a batch split over processes give the same gradient."""
+    logits, target = labelled_batch()
+    target[1] = 255  # an image with no labelled pixel contributes 0
+    w = t(np.linspace(0.5, 2, 6))
+    whole = segmentation_loss(t(logits), torch.tensor(target), w)
+    halves = [segmentation_loss(t(logits[i : i + 1]), torch.tensor(target[i : i + 1]), w) for i in range(2)]
+    assert whole.item() == pytest.approx(np.mean([h.item() for h in halves]), rel=1e-6)
 
 
 def test_segmentation_loss_is_finite_when_every_pixel_is_ignored():
