@@ -220,7 +220,7 @@ class HierarchicalFusion(nn.Module):
             fused.append(prev)
         fused_last, fusion_token = self.transformer(a[-1], b[-1], prev)
         pooled = [pool(f) for pool, f in zip(self.pools, fused)] + [fusion_token]
-        return [*fused, fused_last], pooled, fusion_token
+        return [*fused, fused_last], pooled
 
 
 # -----------------------------------------------------------------------------
@@ -291,11 +291,11 @@ class Decoder(nn.Module):
             decoded.append(d)
         decoded.reverse()  # level 1 first
         # Eq. 12: Z = phi(Concat_k D_k^1). D^1 already holds the classes side
-        # by side in its channels; phi is a 1x1 convolution at H/2 (linear, so
-        # it commutes with the bilinear upsampling to H that follows).
-        z = upsample(self.merge(decoded[0]), size)  # (B, C_z, H, W)
+        # by side in its channels; phi is a 1x1 convolution at H/2, and the
+        # caller upsamples Z to H.
+        z_half = self.merge(decoded[0])  # (B, C_z, H/2, W/2)
         aux_logits = [upsample(head(d), size) for head, d in zip(self.aux_heads, decoded)]
-        return z, aux_logits
+        return z_half, aux_logits
 
 
 class UnimodalHead(nn.Module):
@@ -421,7 +421,7 @@ class DIS2(nn.Module):
         missing = self.check_inputs(rgir, ndsm)
         if scenarios is None:
             features, uni_logits = self.encode(rgir, ndsm, supplements=[OTHER[missing]] if missing else [])
-            return self.scenario(features, uni_logits, missing)
+            return self.fuse_and_decode(features, uni_logits, [missing])[0]
         unknown = [s for s in scenarios if s not in SCENARIOS]
         if unknown or missing:
             raise ValueError(
@@ -430,7 +430,7 @@ class DIS2(nn.Module):
             )
         supplements = [OTHER[SCENARIOS[s]] for s in scenarios if SCENARIOS[s]]
         features, uni_logits = self.encode(rgir, ndsm, supplements)
-        return {s: self.scenario(features, uni_logits, SCENARIOS[s]) for s in scenarios}
+        return dict(zip(scenarios, self.fuse_and_decode(features, uni_logits, [SCENARIOS[s] for s in scenarios])))
 
     def encode(self, rgir, ndsm, supplements):
         """Runs the Distinct encoder of every given modality and the Supplement
@@ -449,34 +449,49 @@ class DIS2(nn.Module):
             features[f"{m}_supp"] = self.encoders[f"{m}_supp"](images[m])
         return features, uni_logits
 
-    def scenario(self, features, uni_logits, missing):
-        """Fuses the branches of one scenario (Figure 2) and decodes them. Slot
-        a is the RGIR slot, slot b the NDSM slot; when a modality is missing,
-        the available modality's Supplement branch fills its slot. Without
-        DLKD (the HF baselines) there is no Supplement branch and the missing
-        slot holds zeros."""
-        slots = {"rgir": "rgir_dist", "ndsm": "ndsm_dist"}
+    def slots(self, features, missing):
+        """The branches of one scenario (Figure 2) as (a, b), each L features.
+        Slot a is the RGIR slot, slot b the NDSM slot; when a modality is
+        missing, the available modality's Supplement branch fills its slot.
+        Without DLKD (the HF baselines) there is no Supplement branch and the
+        missing slot holds zeros."""
+        names = {"rgir": "rgir_dist", "ndsm": "ndsm_dist"}
         if exists(missing):
-            available = OTHER[missing]
-            slots[missing] = f"{available}_supp"
-        present = {m: features[name] for m, name in slots.items() if name in features}
+            names[missing] = f"{OTHER[missing]}_supp"
+        present = {m: features[name] for m, name in names.items() if name in features}
         reference = next(iter(present.values()))
-        a, b = (present.get(m, [torch.zeros_like(x) for x in reference]) for m in MODALITIES)
-        size = tuple(2 * s for s in reference[0].shape[-2:])  # the input's H, W
+        return [present.get(m, [torch.zeros_like(x) for x in reference]) for m in MODALITIES]
 
-        fused, fused_pooled, fusion_token = self.fusion(a, b)
+    def fuse_and_decode(self, features, uni_logits, missings):
+        """Fuses and decodes the scenarios with these missing modalities (None:
+        full) as one batch: the scenarios go through the fusion and the
+        decoder side by side, so in training the batch-norm statistics cover
+        all of them, as the running statistics used at evaluation do."""
+        n = len(missings)
+        a, b = ([torch.cat(level) for level in zip(*slot)] for slot in zip(*(self.slots(features, m) for m in missings)))
+        size = tuple(2 * s for s in a[0].shape[-2:])  # the input's H, W
+
+        fused, fused_pooled = self.fusion(a, b)  # fused_pooled[-1] is the fusion token
         if self.classwise_attention is not None:
             m, attention = self.classwise_attention(fused[-1])
         else:
             m, attention = fused[-1], None
-        z, aux_logits = self.decoder(m, fused, size)
-        # Eq. 12: the final segmentation is a 1x1 convolution of Z
-        logits = self.classifier(z)
+        z_half, aux_logits = self.decoder(m, fused, size)
+        z = upsample(z_half, size)  # (n*B, C_z, H, W)
+        # Eq. 12: the final segmentation is a 1x1 convolution of Z. Bilinear
+        # upsampling and a 1x1 convolution commute, so it runs at H/2 (the
+        # same logits for a quarter of the work and memory).
+        logits = upsample(self.classifier(z_half), size)
 
-        # The Distinct/Supplement pair of the available modality, pooled for Eq. 2.
-        branch_pooled = {
-            name: [pool(x) for pool, x in zip(self.branch_pools[name], features[name])]
-            for name in (f"{available}_dist", f"{available}_supp")
-        } if exists(missing) and self.config.dlkd else {}
-        uni = {m: uni_logits[m] for m in MODALITIES if slots[m] == f"{m}_dist" and m in uni_logits}
-        return DIS2Output(logits, z, aux_logits, fused_pooled, fusion_token, attention, branch_pooled, uni)
+        attention = attention.chunk(n) if exists(attention) else [None] * n
+        by_level = lambda xs: zip(*(x.chunk(n) for x in xs))  # L x (n*B, ...) -> n x L x (B, ...)
+        outputs = []
+        for missing, logits_i, z_i, attention_i, aux_i, pooled_i in zip(
+            missings, logits.chunk(n), z.chunk(n), attention, by_level(aux_logits), by_level(fused_pooled)
+        ):
+            # The Distinct/Supplement pair of the available modality, pooled for Eq. 2.
+            pair = (f"{OTHER[missing]}_dist", f"{OTHER[missing]}_supp") if exists(missing) and self.config.dlkd else ()
+            branch_pooled = {name: [pool(x) for pool, x in zip(self.branch_pools[name], features[name])] for name in pair}
+            uni = {m: y for m, y in uni_logits.items() if m != missing}
+            outputs.append(DIS2Output(logits_i, z_i, list(aux_i), list(pooled_i), pooled_i[-1], attention_i, branch_pooled, uni))
+        return outputs

@@ -17,6 +17,7 @@ labelled pixel.
 
 import argparse
 import json
+import resource
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -35,6 +36,7 @@ ROW_NAMES = {"full": "Full Modality", "missing_rgir": "Missing RGIR - Only NDSM"
 COLUMN_NAMES = ("Imp. Surface", "Building", "Low Veg.", "Tree", "Car")
 DISTANCE_PAIRS = (("full", "missing_rgir"), ("full", "missing_ndsm"), ("missing_rgir", "missing_ndsm"))
 CHECKPOINT_FORMAT = "dis2-checkpoint-1"
+BENCHMARK_WARMUP = 2
 
 
 # -----------------------------------------------------------------------------
@@ -77,10 +79,18 @@ def load_checkpoint(path):
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint, device):
+def prepared(model, device, compile_model=False):
+    """The model on `device` for inference: channels-last memory on CUDA, optionally compiled."""
+    model = model.to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if compile_model else model
+
+
+def model_from_checkpoint(checkpoint, device, compile_model=False):
     model = DIS2(DIS2Config(**checkpoint["config"]))
     model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval()
+    return prepared(model, device, compile_model)
 
 
 def latest_checkpoint(runs="runs", name="best.pt"):
@@ -132,7 +142,8 @@ def predict_tile(model, tile, scenarios, window, overlap, batch_size, device, am
     H, W = tile.label.shape
     rgir, ndsm = data.pad_to_window(tile.rgir, window), data.pad_to_window(tile.ndsm, window)
     starts = data.sliding_windows(*ndsm.shape[:2], window, overlap)
-    K = model.config.num_classes
+    K = len(CLASSES)
+    channels_last = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     # Summed softmax probabilities: their argmax is that of the average over windows.
     probs = {s: torch.zeros(K, *ndsm.shape[:2], device=device) for s in scenarios}
     for i in range(0, len(starts), batch_size):
@@ -141,8 +152,9 @@ def predict_tile(model, tile, scenarios, window, overlap, batch_size, device, am
             np.stack([rgir[y : y + window, x : x + window] for y, x in batch]),
             np.stack([ndsm[y : y + window, x : x + window] for y, x in batch]),
         )
+        r, n = (x.to(device, non_blocking=True).contiguous(memory_format=channels_last) for x in (r, n))
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            outputs = model(r.to(device), n.to(device), scenarios=scenarios)
+            outputs = model(r, n, scenarios=scenarios)
         for s, out in outputs.items():
             p = out.logits.float().softmax(dim=1)
             for (y, x), p_window in zip(batch, p):
@@ -200,6 +212,63 @@ def distance_table(distances):
 
 
 # -----------------------------------------------------------------------------
+# Benchmarks (train.py --benchmark uses these too)
+
+
+def measure(step, images_per_step, device, warmup, repeats):
+    """Runs `step` `warmup` times, then times `repeats` calls. Peak memory is
+    the process's peak resident set on CPU, the allocator's peak on CUDA."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    for _ in range(warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        sync()
+        seconds.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+    median = float(np.median(seconds))
+    return dict(step_s_median=median, step_s_min=min(seconds), step_s_max=max(seconds),
+                images_per_s=images_per_step / median, peak_mem_mb=peak, repeats=repeats)
+
+
+def report_benchmark(what, result, args, device, amp_dtype):
+    """A readable line, then the result as one JSON object (the last line printed)."""
+    result = dict(what=what, device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                  threads=torch.get_num_threads(), patch=args.patch, batch_size=args.batch_size,
+                  amp=str(amp_dtype).replace("torch.", "") if amp_dtype else None, compile=args.compile,
+                  torch=torch.__version__, **result)
+    print(f"{what}: median {result['step_s_median']:.3f} s (min {result['step_s_min']:.3f}, max "
+          f"{result['step_s_max']:.3f}, {result['repeats']} steps), {result['images_per_s']:.2f} images/s, "
+          f"peak memory {result['peak_mem_mb']:.0f} MB")
+    print(json.dumps(result))
+
+
+def benchmark(args, device, amp_dtype):
+    """One full-modality forward pass on random inputs, as evaluation runs it."""
+    torch.manual_seed(0)
+    model = prepared(DIS2(DIS2Config()), device, args.compile)
+    patch = args.patch or 512
+    shape = (args.batch_size, patch, patch)
+    rgir, ndsm = torch.randn(shape[0], 3, *shape[1:], device=device), torch.randn(shape[0], 1, *shape[1:], device=device)
+
+    @torch.inference_mode()
+    def step():
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            model(rgir, ndsm)
+
+    args.patch = patch
+    report_benchmark("inference", measure(step, args.batch_size, device, BENCHMARK_WARMUP, args.repeats), args, device, amp_dtype)
+
+
+# -----------------------------------------------------------------------------
 # Command line
 
 
@@ -218,8 +287,13 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with CUDA)")
     p.add_argument("--batch-size", type=data.positive_int, default=4, help="windows per forward pass")
-    p.add_argument("--window", type=data.positive_int, help="window side, a multiple of 16 (default: the training patch)")
-    p.add_argument("--overlap", type=data.positive_int, help="overlap of adjacent windows in pixels (default: a quarter window)")
+    p.add_argument("--patch", type=data.positive_int, help="side of the sliding windows, a multiple of 16 (default: the training patch)")
+    p.add_argument("--overlap", type=int, help="overlap of adjacent windows in pixels (default: a quarter window)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--benchmark", action="store_true",
+                   help="time full-modality forward passes of the default model on random inputs at "
+                        "--patch (default 512)/--batch-size/--device and exit")
+    p.add_argument("--repeats", type=data.positive_int, default=5, help="timed steps of --benchmark")
     return p.parse_args(argv)
 
 
@@ -243,6 +317,8 @@ def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
     amp_dtype = autocast_dtype(device, args.amp)
+    if args.benchmark:
+        return benchmark(args, device, amp_dtype)
     checkpoint_path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint()
     checkpoint = load_checkpoint(checkpoint_path)
     if checkpoint["config"]["num_classes"] != len(CLASSES):
@@ -250,12 +326,12 @@ def main(argv=None):
             f"{checkpoint_path}: the model predicts {checkpoint['config']['num_classes']} classes but the ISPRS "
             f"labels have {len(CLASSES)}; use a checkpoint trained on ISPRS data"
         )
-    window = args.window or checkpoint["train_args"]["patch"]
+    window = args.patch or checkpoint["train_args"]["patch"]
     if window % 16:
-        raise DataError(f"--window {window}: must be a multiple of 16")
+        raise DataError(f"--patch {window}: must be a multiple of 16 (the encoders halve it four times)")
     overlap = args.overlap if args.overlap is not None else window // 4
-    if overlap >= window:
-        raise DataError(f"--overlap {overlap}: must be smaller than the window ({window})")
+    if not 0 <= overlap < window:
+        raise DataError(f"--overlap {overlap}: must be at least 0 and smaller than the window ({window})")
     save_dir = writable_dir(args.save_predictions, "--save-predictions") if args.save_predictions else None
     if args.json:
         writable_dir(Path(args.json).parent, "--json")
@@ -266,7 +342,7 @@ def main(argv=None):
         missing_eroded = [t.name for t in tiles if t.label_eroded is None]
         if missing_eroded:
             raise DataError(f"--eroded: no eroded label (*_noBoundary.tif) for tile(s) {', '.join(missing_eroded)} in {data_dir}")
-    model = model_from_checkpoint(checkpoint, device)
+    model = model_from_checkpoint(checkpoint, device, args.compile)
     scenarios = chosen_scenarios(args.missing)
 
     start = time.perf_counter()

@@ -48,33 +48,54 @@ def logit_distillation_loss(student_logits, teacher_logits, temperature=2.0):
     return T**2 * kl.mean()
 
 
+def labelled(target, ignore_index):
+    """(target with ignored pixels set to class 0, mask of the labelled pixels)."""
+    valid = target != ignore_index
+    return torch.where(valid, target, 0), valid
+
+
+def dice_from_log_probs(log_probs, target, valid, smooth=1.0):
+    """Soft Dice loss of (B, K, H, W) log-probabilities; see dice_loss."""
+    probs = log_probs.exp() * valid.unsqueeze(1)  # (B, K, H, W), 0 where ignored
+    B, K = probs.shape[:2]
+    index = target.flatten(1)  # (B, HW)
+    # sum over pixels of p_c [y = c]: each pixel's probability of its own class, summed per class
+    own = probs.gather(1, target.unsqueeze(1)).flatten(1)
+    intersection = own.new_zeros(B, K).scatter_add(1, index, own)
+    counts = own.new_zeros(B, K).scatter_add(1, index, valid.flatten(1).to(own.dtype))
+    dice = (2 * intersection + smooth) / (probs.sum((2, 3)) + counts + smooth)  # (B, K)
+    return (1 - dice.mean(dim=1)).mean()
+
+
+def cross_entropy_from_log_probs(log_probs, target, valid, class_weights=None):
+    """Weighted cross entropy of (B, K, H, W) log-probabilities; see cross_entropy."""
+    nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)  # (B, H, W)
+    weights = class_weights[target] * valid if class_weights is not None else valid.to(nll.dtype)
+    per_image = (weights * nll).sum((1, 2)) / weights.sum((1, 2)).clamp_min(torch.finfo(nll.dtype).tiny)
+    return per_image.mean()
+
+
 def dice_loss(logits, target, ignore_index=IGNORE_INDEX, smooth=1.0):
     """Soft multi-class Dice loss per image, 1 - mean_c Dice_c, with the Dice
     of class c over the image's pixels that are not `ignore_index`; averaged
     over the batch."""
-    probs = logits.float().softmax(dim=1)  # (B, K, H, W)
-    valid = (target != ignore_index).unsqueeze(1)  # (B, 1, H, W)
-    one_hot = F.one_hot(torch.where(valid.squeeze(1), target, 0), probs.shape[1]).permute(0, 3, 1, 2)
-    probs, one_hot = probs * valid, one_hot * valid
-    dice = (2 * (probs * one_hot).sum((2, 3)) + smooth) / (probs.sum((2, 3)) + one_hot.sum((2, 3)) + smooth)  # (B, K)
-    return (1 - dice.mean(dim=1)).mean()
+    return dice_from_log_probs(F.log_softmax(logits.float(), dim=1), *labelled(target, ignore_index), smooth)
 
 
 def cross_entropy(logits, target, class_weights=None, ignore_index=IGNORE_INDEX):
     """Class-weighted cross entropy per image, the weighted mean over its
     pixels that are not `ignore_index` (0 when all are); averaged over the batch."""
-    nll = F.cross_entropy(logits.float(), target, weight=class_weights, ignore_index=ignore_index, reduction="none")
-    valid = target != ignore_index
-    weights = class_weights[torch.where(valid, target, 0)] * valid if class_weights is not None else valid.float()
-    per_image = nll.sum((1, 2)) / weights.sum((1, 2)).clamp_min(torch.finfo(nll.dtype).tiny)  # (B,)
-    return per_image.mean()
+    return cross_entropy_from_log_probs(F.log_softmax(logits.float(), dim=1), *labelled(target, ignore_index), class_weights)
 
 
 def segmentation_loss(logits, target, class_weights=None, ignore_index=IGNORE_INDEX):
-    """L_seg of Section 3.3: weighted cross entropy plus Dice. Both are taken
-    per image and averaged over the batch, like every loss here, so a batch
-    split over several processes (torchrun) gives the same gradient."""
-    return cross_entropy(logits, target, class_weights, ignore_index) + dice_loss(logits, target, ignore_index)
+    """L_seg of Section 3.3: weighted cross entropy plus Dice, from one
+    log-softmax. Both are taken per image and averaged over the batch, like
+    every loss here, so a batch split over several processes (torchrun)
+    gives the same gradient."""
+    log_probs = F.log_softmax(logits.float(), dim=1)
+    target, valid = labelled(target, ignore_index)
+    return cross_entropy_from_log_probs(log_probs, target, valid, class_weights) + dice_from_log_probs(log_probs, target, valid)
 
 
 def median_frequency_weights(frequencies):

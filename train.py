@@ -26,31 +26,38 @@ import random
 import signal
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+import torch.distributed as dist
+import torch.distributed.nn as dist_nn
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 import data
 from data import DataError
 from dis2 import ABLATIONS, DIS2, DIS2Config, SCENARIOS
 from evaluate import (
+    BENCHMARK_WARMUP,
     CHECKPOINT_FORMAT,
     autocast_dtype,
     config_dict,
     evaluate_tiles,
     latest_checkpoint,
     load_checkpoint,
+    measure,
+    report_benchmark,
     resolve_device,
     writable_dir,
 )
 from losses import TERMS, dis2_loss, median_frequency_weights
 
 # Flags a resumed run may change; every other setting comes from the checkpoint.
-RESUMABLE_OVERRIDES = ("epochs", "device", "workers")
+RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "compile")
 
 
 def parse_args(argv=None):
@@ -74,6 +81,10 @@ def parse_args(argv=None):
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with CUDA)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, help="data loader processes (default: 4 with CUDA, 0 on CPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--benchmark", action="store_true",
+                   help="time training steps on random inputs at --patch/--batch-size/--device and exit")
+    p.add_argument("--repeats", type=data.positive_int, default=5, help="timed steps of --benchmark")
     args = p.parse_args(argv)
     if not 0 <= args.p_missing_rgir <= 1:
         raise DataError(f"--p-missing-rgir {args.p_missing_rgir}: must be a probability in [0, 1]")
@@ -195,7 +206,7 @@ def prepare(argv):
         given = {k: getattr(args, k) for k in RESUMABLE_OVERRIDES if getattr(args, k) is not None}
         args = argparse.Namespace(**{**checkpoint["train_args"], **given, "resume": str(path)})
         args.out = str(path.parent)
-    elif not args.data:
+    elif not args.data and not args.benchmark:
         raise DataError("--data DIR is required (the folder with the ISPRS files; `python data.py synth DIR` makes a synthetic one)")
     args.epochs = args.epochs or 100
     return args, checkpoint
@@ -205,31 +216,44 @@ def main(argv=None):
     args, checkpoint = prepare(argv)
     device = resolve_device(args.device)
     amp_dtype = autocast_dtype(device, args.amp)
-    workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
+    if args.benchmark:
+        return benchmark(args, device, amp_dtype)
+    device, rank, world = setup_distributed(device)
+    try:
+        train(args, checkpoint, device, amp_dtype, rank, world)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
 
+
+def train(args, checkpoint, device, amp_dtype, rank, world):
+    log = print if rank == 0 else lambda *a, **k: None
+    workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
     dataset = args.dataset or data.detect_dataset(args.data)
     train_tiles = data.load_split(args.data, "train", dataset)
     val_tiles = data.load_split(args.data, "val", dataset)
     patches = data.PatchDataset(train_tiles, args.patch, args.samples_per_epoch, args.seed)
-    steps_per_epoch = args.samples_per_epoch // args.batch_size
+    global_batch = args.batch_size * world
+    steps_per_epoch = args.samples_per_epoch // global_batch
     if steps_per_epoch == 0:
-        raise DataError(f"--samples-per-epoch {args.samples_per_epoch} is smaller than --batch-size {args.batch_size}")
+        raise DataError(f"--samples-per-epoch {args.samples_per_epoch} is smaller than the global batch {global_batch}")
 
     out = Path(args.out or f"runs/{dataset}-{datetime.now():%Y%m%d-%H%M%S}")
     if checkpoint is None and (out / "last.pt").exists():
         raise DataError(f"--out {out}: already holds a run; continue it with --resume {out} or choose another --out")
-    writable_dir(out, "--out")
+    if rank == 0:
+        writable_dir(out, "--out")
 
     torch.manual_seed(args.seed)
     config = DIS2Config(width=args.width, pos_size=args.patch, **ABLATIONS[args.ablation])
-    model = DIS2(config).to(device)
-    optimizer, scheduler = make_optimizer(model, args, steps_per_epoch)
+    net = DIS2(config).to(device)
+    optimizer, scheduler = make_optimizer(net, args, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    class_weights = median_frequency_weights(data.class_frequencies(train_tiles))
+    class_weights = median_frequency_weights(data.class_frequencies(train_tiles)).to(device)
 
     state = dict(epoch=0, step_in_epoch=0, global_step=0, best_score=-1.0, epoch_sums={t: 0.0 for t in TERMS})
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        net.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
@@ -237,86 +261,223 @@ def main(argv=None):
         state = checkpoint["state"]
         if state["epoch"] >= args.epochs:
             raise DataError(f"{args.resume}: the run already finished {state['epoch']} epochs; pass --epochs N with a larger N to go on")
-        print(f"resuming {out} at epoch {state['epoch'] + 1}, step {state['step_in_epoch']} of {steps_per_epoch}")
-    class_weights = class_weights.to(device)
+        log(f"resuming {out} at epoch {state['epoch'] + 1}, step {state['step_in_epoch']} of {steps_per_epoch}")
+    model = wrap_model(net, device, world, args.compile)
 
     def checkpoint_state():
         return dict(
-            format=CHECKPOINT_FORMAT, model=model.state_dict(), optimizer=optimizer.state_dict(),
+            format=CHECKPOINT_FORMAT, model=net.state_dict(), optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_states(), state=dict(state),
             config=config_dict(config), train_args={k: v for k, v in vars(args).items() if k != "resume"},
             data=str(Path(args.data).resolve()), dataset=dataset,
         )
 
-    print(f"{args.ablation}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
-          f"{len(train_tiles)} training and {len(val_tiles)} validation tiles, {device}"
-          f"{f', {amp_dtype}' if amp_dtype else ''}; run directory {out}")
+    log(f"{args.ablation}: {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters, "
+        f"{len(train_tiles)} training and {len(val_tiles)} validation tiles, {device}"
+        f"{f', {amp_dtype}' if amp_dtype else ''}{f', {world} processes' if world > 1 else ''}; run directory {out}")
     stop = StopRequest()
     try:
         while state["epoch"] < args.epochs:
             stopped = train_epoch(model, optimizer, scheduler, scaler, patches, class_weights, args, state,
-                                  steps_per_epoch, device, amp_dtype, workers, stop)
+                                  steps_per_epoch, device, amp_dtype, workers, stop, rank, world)
             if stopped:
-                save_checkpoint(checkpoint_state(), out / "last.pt")
-                print(f"{stop.signal}: saved {out / 'last.pt'} at epoch {state['epoch'] + 1}, step "
-                      f"{state['step_in_epoch']}; continue with: python train.py --resume {out}")
+                if rank == 0:
+                    save_checkpoint(checkpoint_state(), out / "last.pt")
+                log(f"{stop.signal}: saved {out / 'last.pt'} at epoch {state['epoch'] + 1}, step "
+                    f"{state['step_in_epoch']}; continue with: python train.py --resume {out}")
                 return
-            results, _ = evaluate_tiles(model, val_tiles, list(SCENARIOS), args.patch, args.patch // 4,
-                                        args.batch_size, device, amp_dtype, progress=False)
-            model.train()
-            score = float(np.mean([r["mF1"] or 0.0 for r in results.values()]))
-            row = epoch_row(state, scheduler, results, score, steps_per_epoch)
-            append_metrics(out / "metrics.csv", row)
-            print(epoch_line(row, args.epochs))
+            row = validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, amp_dtype) if rank == 0 else None
             state.update(epoch=state["epoch"] + 1, step_in_epoch=0, epoch_sums={t: 0.0 for t in TERMS})
-            improved = score > state["best_score"]
-            if improved:
-                state["best_score"] = score
-            saved = checkpoint_state()
-            save_checkpoint(saved, out / "last.pt")
-            if improved:
-                save_checkpoint(saved, out / "best.pt")
+            if rank == 0:
+                record_epoch(row, state, args.epochs, out, checkpoint_state())
+            if world > 1:
+                dist.barrier()  # the other processes wait for rank 0's validation and checkpoints
     except NonFiniteLoss as e:
-        print(f"error: {e}; the last good checkpoint is {out / 'last.pt'}", file=sys.stderr)
+        print(f"error: non-finite loss at epoch {state['epoch'] + 1}, step {state['global_step']}: {e}; "
+              f"the last good checkpoint is {out / 'last.pt'}", file=sys.stderr)
         sys.exit(1)
     finally:
         stop.restore()
-    print(f"done: best mean mF1 {state['best_score']:.2f}; evaluate with: python evaluate.py --checkpoint {out / 'best.pt'}")
+    log(f"done: best mean mF1 {state['best_score']:.2f}; evaluate with: python evaluate.py --checkpoint {out / 'best.pt'}")
+
+
+def validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, amp_dtype):
+    """Scores the validation tiles in the three scenarios; returns the epoch's metrics row."""
+    results, _ = evaluate_tiles(net, val_tiles, list(SCENARIOS), args.patch, args.patch // 4,
+                                args.batch_size, device, amp_dtype, progress=False)
+    net.train()
+    score = float(np.mean([r["mF1"] or 0.0 for r in results.values()]))
+    return epoch_row(state, scheduler, results, score, steps_per_epoch)
+
+
+def record_epoch(row, state, epochs, out, checkpoint):
+    """metrics.csv, the epoch line, last.pt and, if the score improved, best.pt."""
+    append_metrics(out / "metrics.csv", row)
+    print(epoch_line(row, epochs))
+    improved = row["val_score"] > state["best_score"]
+    if improved:
+        state["best_score"] = checkpoint["state"]["best_score"] = row["val_score"]
+    save_checkpoint(checkpoint, out / "last.pt")
+    if improved:
+        save_checkpoint(checkpoint, out / "best.pt")
+
+
+def train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label, missing, class_weights, amp_dtype, world=1,
+               stop=None):
+    """One step of Eq. 14 on the full and one missing scenario. Raises
+    NonFiniteLoss (naming the term) before any weight changes. Returns the
+    loss terms and whether any process asked to stop."""
+    with torch.autocast(rgir.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        out = model(rgir, ndsm, scenarios=("full", f"missing_{missing}"))
+    loss, terms = dis2_loss(out["full"], out[f"missing_{missing}"], label, missing, class_weights)
+    # Every process must agree before the backward pass (it all-reduces gradients).
+    flags = torch.tensor([0.0 if torch.isfinite(loss) else 1.0, 1.0 if stop and stop.signal else 0.0], device=rgir.device)
+    if world > 1:
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    if flags[0]:
+        bad = next((name for name, value in terms.items() if not torch.isfinite(value)), "on another process")
+        raise NonFiniteLoss(f"term {bad} = {terms[bad].item() if bad in terms else 'nan'}")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return terms, bool(flags[1])
 
 
 def train_epoch(model, optimizer, scheduler, scaler, patches, class_weights, args, state, steps_per_epoch,
-                device, amp_dtype, workers, stop):
+                device, amp_dtype, workers, stop, rank, world):
     """Trains the rest of the current epoch. Returns True when a stop was requested."""
     model.train()
-    patches.set_epoch(state["epoch"])
-    first = state["step_in_epoch"] * args.batch_size
-    loader = DataLoader(Subset(patches, range(first, steps_per_epoch * args.batch_size)), batch_size=args.batch_size,
-                        num_workers=workers, pin_memory=device.type == "cuda", worker_init_fn=ignore_sigint)
+    loader = epoch_loader(patches, state, args.batch_size, steps_per_epoch, rank, world, workers, device)
     bar = tqdm(loader, desc=f"epoch {state['epoch'] + 1}/{args.epochs}", initial=state["step_in_epoch"],
-               total=steps_per_epoch, unit="batch", leave=False)
+               total=steps_per_epoch, unit="batch", leave=False, disable=rank != 0)
     for rgir, ndsm, label in bar:
         missing = missing_modality(args.seed, state["global_step"], args.p_missing_rgir)
         rgir, ndsm, label = (x.to(device, non_blocking=True) for x in (rgir, ndsm, label))
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = model(rgir, ndsm, scenarios=("full", f"missing_{missing}"))
-        loss, terms = dis2_loss(out["full"], out[f"missing_{missing}"], label, missing, class_weights)
-        if not torch.isfinite(loss):
-            bad = next(name for name, value in terms.items() if not torch.isfinite(value))
-            raise NonFiniteLoss(f"non-finite loss at epoch {state['epoch'] + 1}, step {state['global_step']}: "
-                                f"term {bad} = {terms[bad].item()}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        for name, value in terms.items():
-            state["epoch_sums"][name] += value.item()
+        if device.type == "cuda":
+            rgir, ndsm = (x.contiguous(memory_format=torch.channels_last) for x in (rgir, ndsm))
+        terms, stopping = train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label, missing, class_weights,
+                                     amp_dtype, world, stop)
+        values = torch.stack(list(terms.values())).detach()
+        if world > 1:
+            dist.all_reduce(values)
+            values /= world
+        for name, value in zip(terms, values.tolist()):
+            state["epoch_sums"][name] += value
         state["global_step"] += 1
         state["step_in_epoch"] += 1
-        bar.set_postfix(loss=f"{loss.item():.3f}", missing=missing)
-        if stop.signal:
+        bar.set_postfix(loss=f"{sum(values.tolist()):.3f}", missing=missing)
+        if stopping:
             return True
     return False
+
+
+def epoch_loader(patches, state, batch_size, steps_per_epoch, rank, world, workers, device):
+    """The rest of the epoch's patches. Sample i of the epoch is fixed by (seed,
+    epoch, i); step s uses samples [s*G, (s+1)*G) with G the global batch, and
+    the distributed sampler deals them round-robin to the processes, so a step
+    sees the same global batch whatever the number of processes."""
+    patches.set_epoch(state["epoch"])
+    global_batch = batch_size * world
+    rest = Subset(patches, range(state["step_in_epoch"] * global_batch, steps_per_epoch * global_batch))
+    sampler = DistributedSampler(rest, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+    return DataLoader(rest, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda", worker_init_fn=ignore_sigint)
+
+
+# -----------------------------------------------------------------------------
+# Several processes (torchrun) and speed
+
+
+def setup_distributed(device):
+    """Under torchrun (RANK, LOCAL_RANK and WORLD_SIZE set): one process per GPU
+    with NCCL, or per CPU worker with Gloo. Returns (device, rank, world size)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return device, 0, 1
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
+    return device, dist.get_rank(), dist.get_world_size()
+
+
+class CPUSyncBatchNorm(nn.BatchNorm2d):
+    """Batch norm whose training statistics cover the global batch, for
+    several CPU processes (Gloo): torch's SyncBatchNorm runs on GPUs only. The
+    per-channel sums are all-reduced with autograd, so the backward pass is
+    synchronised too."""
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        C = x.shape[1]
+        xf = x.float()
+        local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), xf.new_full((1,), x.numel() / C)])
+        total = dist_nn.all_reduce(local)
+        count = total[-1]
+        mean = total[:C] / count
+        var = total[C : 2 * C] / count - mean * mean
+        with torch.no_grad():
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * count / (count - 1), self.momentum)
+            self.num_batches_tracked += 1
+        scale = (self.weight * torch.rsqrt(var + self.eps)).view(1, C, 1, 1)
+        return ((xf - mean.view(1, C, 1, 1)) * scale + self.bias.view(1, C, 1, 1)).to(x.dtype)
+
+
+def synchronise_batch_norm(module):
+    """Replaces every BatchNorm2d by a CPUSyncBatchNorm with the same state."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            synced = CPUSyncBatchNorm(child.num_features, child.eps, child.momentum)
+            synced.load_state_dict(child.state_dict())
+            setattr(module, name, synced)
+        else:
+            synchronise_batch_norm(child)
+    return module
+
+
+def wrap_model(net, device, world, compile_model=False):
+    """What the training loop calls: `net` in channels-last memory on CUDA,
+    optionally compiled, and under DistributedDataParallel with synchronised
+    batch norm when several processes train. `net` itself keeps its plain
+    state dict for checkpoints."""
+    model = net
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if world > 1:
+        # Each step leaves one Supplement encoder (that of the missing modality) unused.
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            model = synchronise_batch_norm(model)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=True)
+    if compile_model:
+        model = torch.compile(model)
+    return model
+
+
+def benchmark(args, device, amp_dtype):
+    """Training steps on random inputs: full plus one missing scenario, every
+    term of Eq. 14, backward and optimiser step, as training runs them."""
+    torch.manual_seed(args.seed)
+    config = DIS2Config(width=args.width, pos_size=args.patch, **ABLATIONS[args.ablation])
+    net = DIS2(config).to(device)
+    model = wrap_model(net, device, 1, args.compile)
+    optimizer, scheduler = make_optimizer(net, args, steps_per_epoch=args.repeats + BENCHMARK_WARMUP)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    B, p, K = args.batch_size, args.patch, config.num_classes
+    rgir, ndsm = torch.randn(B, 3, p, p, device=device), torch.randn(B, 1, p, p, device=device)
+    if device.type == "cuda":
+        rgir, ndsm = (x.contiguous(memory_format=torch.channels_last) for x in (rgir, ndsm))
+    label = torch.randint(0, K, (B, p, p), device=device)
+    class_weights = torch.ones(K, device=device)
+    steps = iter(range(10**9))
+    step = lambda: train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label,
+                              ("rgir", "ndsm")[next(steps) % 2], class_weights, amp_dtype)
+    report_benchmark("training step", measure(step, B, device, BENCHMARK_WARMUP, args.repeats), args, device, amp_dtype)
 
 
 def epoch_row(state, scheduler, results, score, steps_per_epoch):

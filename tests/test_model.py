@@ -70,6 +70,13 @@ def test_non_square_input_interpolates_positional_embeddings():
     assert out.attention.shape == (1, 6, 3, 5)
 
 
+def test_logits_are_the_1x1_convolution_of_z():
+    """Eq. 12 at full resolution, though the code runs the convolution at H/2."""
+    model = DIS2(DIS2Config(**TINY)).eval()
+    out = model(*inputs())
+    torch.testing.assert_close(out.logits, model.classifier(out.z), atol=1e-5, rtol=1e-5)
+
+
 def test_classwise_attention_is_a_softmax_over_positions():
     model = DIS2(DIS2Config(**TINY)).eval()
     out = model(*inputs())
@@ -224,7 +231,7 @@ def test_tiny_model_overfits_one_batch():
     target = ((rgir[:, 0] > 0).long() + 2 * (ndsm[:, 0] > 0.5).long()).clamp(max=5)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     seg_full = []
-    for step in range(60):
+    for step in range(80):
         missing = ("rgir", "ndsm")[step % 2]
         out = model(rgir, ndsm, scenarios=("full", f"missing_{missing}"))
         loss, terms = dis2_loss(out["full"], out[f"missing_{missing}"], target, missing)
