@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 import data
@@ -170,6 +170,7 @@ def evaluate_tiles(model, tiles, scenarios, window, overlap, batch_size, device,
                    eroded=False, feature_distance=False, save_dir=None, progress=True):
     """Scores each scenario over all tiles from one confusion matrix per scenario.
     Returns (scores per scenario, feature distances per pair or None)."""
+    model.eval()  # batch norm with its running statistics; train.py switches back after validation
     confusion = {s: np.zeros((len(CLASSES),) * 2, np.int64) for s in scenarios}
     distances = {pair: [0.0, 0] for pair in DISTANCE_PAIRS if set(pair) <= set(scenarios)} if feature_distance else None
     for tile in tqdm(tiles, desc="tiles", unit="tile", disable=not progress):
@@ -209,6 +210,161 @@ def distance_table(distances):
     for (a, b), d in distances.items():
         lines.append(f"{ROW_NAMES[a].split(' - ')[0] + ' vs ' + ROW_NAMES[b].split(' - ')[0]:<36}{d:>18.4f}")
     return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# The reproduction's tables (markdown) and figures (PNG); train.py --reproduce
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pct(x):
+    return "-" if x is None else f"{x:.2f}"
+
+
+def score_rows(label, result):
+    return [label, *(pct(result["f1"][c]) for c in SCORED), pct(result["mF1"]), pct(result["mIoU"]), pct(result["OA"])]
+
+
+SCORE_HEADER = ["", *COLUMN_NAMES, "mF1", "mIoU", "OA"]
+
+
+def claims(results, distances):
+    """The paper's three claims that the synthetic benchmark can test, each (statement, holds, evidence)."""
+    hf, ours = results["hf"], results["dis2"]
+    missing = ("missing_rgir", "missing_ndsm")
+    gains = {s: ours[s]["mF1"] - hf[s]["mF1"] for s in missing}
+    shrink = {p: distances["dis2"][p] < distances["hf"][p] for p in DISTANCE_PAIRS[:2]}
+    hardest = min(SCENARIOS, key=lambda s: ours[s]["mF1"])
+    return [
+        ("DIS2 beats HF in both missing scenarios (mF1)", all(g > 0 for g in gains.values()),
+         ", ".join(f"{ROW_NAMES[s].split(' - ')[0]}: {gains[s]:+.2f}" for s in missing)),
+        ("distillation shrinks the full-vs-missing feature distance (DIS2 < HF)", all(shrink.values()),
+         ", ".join(f"{ROW_NAMES[b].split(' - ')[0]}: DIS2 {distances['dis2'][a, b]:.4f} vs HF {distances['hf'][a, b]:.4f}"
+                   for a, b in DISTANCE_PAIRS[:2])),
+        ("missing RGIR is the hardest scenario (lowest DIS2 mF1)", hardest == "missing_rgir",
+         ", ".join(f"{ROW_NAMES[s].split(' - ')[0]} {ours[s]['mF1']:.2f}" for s in SCENARIOS)),
+    ]
+
+
+def tables_markdown(results, distances, title):
+    """Analogues of the paper's Tables 1-3 and the outcome of its claims.
+    `results`: variant -> scenario -> scores; `distances`: variant -> pair -> L2 distance."""
+    parts = [f"# {title}", "", "## Table 1 analogue: DIS2, F1 per class, mF1, mIoU (%)", "",
+             markdown_table(SCORE_HEADER, [score_rows(ROW_NAMES[s], r) for s, r in results["dis2"].items()]), "",
+             "## Table 2 analogue: the ablation (F1 %)", ""]
+    names = {"hf": "Hierarchical Fusion (HF)", "hf+cw": "HF + Classwise (CW)", "hf+dlkd": "HF + DLKD", "dis2": "HF + CW + DLKD (DIS2)"}
+    rows = []
+    for s in SCENARIOS:
+        rows.append([f"**{ROW_NAMES[s]}**", *[""] * (len(SCORE_HEADER) - 1)])
+        rows += [score_rows(names[v], results[v][s]) for v in results]
+    parts += [markdown_table(SCORE_HEADER, rows), "",
+              "## Table 3 analogue: mean L2 distance between the penultimate features Z of two scenarios", "",
+              markdown_table(["Scenario pair", "HF", "DIS2"],
+                             [[f"{ROW_NAMES[a].split(' - ')[0]} vs {ROW_NAMES[b].split(' - ')[0]}",
+                               f"{distances['hf'][a, b]:.4f}", f"{distances['dis2'][a, b]:.4f}"] for a, b in DISTANCE_PAIRS]),
+              "", "## The paper's claims on this benchmark", ""]
+    parts += [f"- {statement}: **{'holds' if holds else 'does not hold'}** ({evidence})"
+              for statement, holds, evidence in claims(results, distances)]
+    return "\n".join(parts) + "\n"
+
+
+VIRIDIS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float32)
+
+
+def colormap(values):
+    """(H, W) values in [0, 1] -> (H, W, 3) uint8 on a viridis-like ramp."""
+    x = np.clip(values, 0, 1) * (len(VIRIDIS) - 1)
+    i = np.minimum(x.astype(int), len(VIRIDIS) - 2)
+    f = (x - i)[..., None]
+    return ((1 - f) * VIRIDIS[i] + f * VIRIDIS[i + 1]).astype(np.uint8)
+
+
+def stretch(x):
+    x = x.astype(np.float32)
+    return (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
+
+
+def show_ndsm(ndsm):
+    return np.repeat((255 * np.clip(ndsm / max(np.percentile(ndsm, 99.5), 1), 0, 1)).astype(np.uint8)[..., None], 3, -1)
+
+
+def grid_image(cells, row_labels, column_labels, cell):
+    """Pastes (H, W, 3) uint8 arrays, resized to `cell` pixels high, into a labelled grid."""
+    resized = [[Image.fromarray(c).resize((round(cell * c.shape[1] / c.shape[0]), cell), Image.NEAREST) for c in row]
+               for row in cells]
+    widths = [max(row[j].width for row in resized) for j in range(len(resized[0]))]
+    left, top, gap = 150, 28, 6
+    image = Image.new("RGB", (left + sum(widths) + gap * len(widths), top + (cell + gap) * len(resized)), "white")
+    draw = ImageDraw.Draw(image)
+    x = left
+    for j, label in enumerate(column_labels):
+        draw.text((x, 8), label, fill="black")
+        for i, row in enumerate(resized):
+            image.paste(row[j], (x, top + i * (cell + gap)))
+        x += widths[j] + gap
+    for i, label in enumerate(row_labels):
+        draw.text((6, top + i * (cell + gap) + cell // 2 - 6), label, fill="black")
+    return image
+
+
+def figure_predictions(tiles, predictions, path, cell=200):
+    """Figure 3 analogue: per tile, IRRG, NDSM, reference and the predictions of
+    each variant in each scenario. `predictions`: variant -> scenario -> tile name -> map."""
+    columns, rows = ["IRRG (false colour)", "NDSM", "reference"], []
+    for variant in predictions:
+        columns += [f"{variant.upper()} {s.replace('missing_', 'no ')}" for s in SCENARIOS]
+    for tile in tiles:
+        row = [tile.rgir, show_ndsm(tile.ndsm), data.labels_to_rgb(tile.label)]
+        row += [data.labels_to_rgb(predictions[v][s][tile.name]) for v in predictions for s in SCENARIOS]
+        rows.append(row)
+    grid_image(rows, [t.name for t in tiles], columns, cell).save(path)
+
+
+@torch.inference_mode()
+def attention_and_queries(model, tile, window, device):
+    """alpha_k (K, h, w) and the class descriptors sum_p alpha_k(p) F_L(p) (K, C)
+    of each scenario, for the top-left window of a tile."""
+    r, n = data.normalise(data.pad_to_window(tile.rgir, window)[None, :window, :window],
+                          data.pad_to_window(tile.ndsm, window)[None, :window, :window])
+    captured = []
+    hook = model.classwise_attention.register_forward_hook(lambda module, inputs, output: captured.append(output[0]))
+    outputs = model.eval()(r.to(device), n.to(device), scenarios=list(SCENARIOS))
+    hook.remove()
+    K, C = model.config.num_classes, model.config.widths[-1]
+    m = captured[0].view(len(SCENARIOS), K, C, -1).mean(-1)  # mean_p of M_k = h w alpha_k F_L: sum_p alpha_k F_L
+    return {s: (outputs[s].attention[0].float().cpu().numpy(), m[i].float().cpu().numpy()) for i, s in enumerate(SCENARIOS)}
+
+
+def figure_attention(model, tile, window, device, path, cell=160):
+    """Figure 6 analogue: the classwise attention maps alpha_k of each scenario over the input window."""
+    maps = attention_and_queries(model, tile, window, device)
+    rgir = data.pad_to_window(tile.rgir, window)[:window, :window]
+    rows = []
+    for s in SCENARIOS:
+        row = [rgir]
+        for alpha in maps[s][0]:
+            heat = np.asarray(Image.fromarray(colormap(stretch(alpha))).resize((window, window), Image.BILINEAR))
+            row.append((0.55 * heat + 0.45 * rgir).astype(np.uint8))
+        rows.append(row)
+    columns = ["IRRG", *(c.replace("_", " ") for c in CLASSES)]
+    grid_image(rows, [ROW_NAMES[s].split(" - ")[0] for s in SCENARIOS], columns, cell).save(path)
+
+
+def figure_queries(model, tile, window, device, path, cell=150):
+    """Figure 4 analogue: the learnable class queries q_k (shared by all
+    scenarios, as in Eq. 9) and, per scenario, what they retrieve from F_L,
+    sum_p alpha_k(p) F_L(p): a (K, C) heatmap each, one row per class."""
+    maps = attention_and_queries(model, tile, window, device)
+    queries = model.classwise_attention.queries.detach().float().cpu().numpy()
+    heat = lambda x: np.repeat(np.repeat(colormap(stretch(x)), 24, axis=0), 2, axis=1)
+    cells = [[heat(queries), *(heat(maps[s][1]) for s in SCENARIOS)]]
+    columns = ["queries q_k", *(f"retrieved, {ROW_NAMES[s].split(' - ')[0]}" for s in SCENARIOS)]
+    grid_image(cells, ["classes 1-6 (rows)"], columns, cell).save(path)
 
 
 # -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ of the seed, the epoch and the step alone).
 
 import argparse
 import csv
+import json
 import os
 import random
 import signal
@@ -36,9 +37,11 @@ import torch.distributed.nn as dist_nn
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
+from PIL import Image
 from tqdm import tqdm
 
 import data
+import evaluate
 from data import DataError
 from dis2 import ABLATIONS, DIS2, DIS2Config, SCENARIOS
 from evaluate import (
@@ -50,6 +53,7 @@ from evaluate import (
     latest_checkpoint,
     load_checkpoint,
     measure,
+    model_from_checkpoint,
     report_benchmark,
     resolve_device,
     writable_dir,
@@ -58,6 +62,18 @@ from losses import TERMS, dis2_loss, median_frequency_weights
 
 # Flags a resumed run may change; every other setting comes from the checkpoint.
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "compile")
+# Defaults of the flags that set the budget: ordinary training (the paper's sizes),
+# and the reproduction (--reproduce) within two hours on 2 CPU cores or, with --full, on a GPU.
+BUDGETS = {
+    "train": dict(epochs=100, batch_size=8, patch=512, samples_per_epoch=2000, width=32),
+    "reproduce": dict(epochs=30, batch_size=8, patch=128, samples_per_epoch=512, width=16),
+    "reproduce-full": dict(epochs=100, batch_size=8, patch=512, samples_per_epoch=2000, width=32),
+}
+# The synthetic benchmark of the reproduction (Vaihingen layout): tiles, tile side, generator seed.
+SYNTHETIC_BENCHMARKS = {
+    "reproduce": dict(tiles=18, size=768, seed=2026),
+    "reproduce-full": dict(tiles=33, size=2000, seed=2026),
+}
 
 
 def parse_args(argv=None):
@@ -65,13 +81,13 @@ def parse_args(argv=None):
     p.add_argument("--data", help="directory holding the ISPRS files (any layout below it)")
     p.add_argument("--dataset", choices=data.DATASETS, help="override the detected dataset")
     p.add_argument("--epochs", type=data.positive_int, help="epochs to train (default 100)")
-    p.add_argument("--batch-size", type=data.positive_int, default=8)
-    p.add_argument("--patch", type=data.positive_int, default=512, help="side of the square training patches, a multiple of 16")
-    p.add_argument("--samples-per-epoch", type=data.positive_int, default=2000, help="random patches per epoch")
+    p.add_argument("--batch-size", type=data.positive_int, help="patches per step and process (default 8)")
+    p.add_argument("--patch", type=data.positive_int, help="side of the square training patches, a multiple of 16 (default 512)")
+    p.add_argument("--samples-per-epoch", type=data.positive_int, help="random patches per epoch (default 2000)")
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
                    help="adamw: AdamW, warm-up and cosine decay; sgd: the authors' SGD with Nesterov momentum and cosine warm restarts")
     p.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 for adamw, 1e-2 for sgd)")
-    p.add_argument("--width", type=data.positive_int, default=32, help="encoder channels at level 1 (the paper's: 32)")
+    p.add_argument("--width", type=data.positive_int, help="encoder channels at level 1 (default: the paper's 32)")
     p.add_argument("--ablation", choices=tuple(ABLATIONS), default="dis2", help="the variant of Table 2")
     p.add_argument("--p-missing-rgir", type=float, default=0.5, help="probability that a batch's missing modality is RGIR")
     p.add_argument("--out", help="run directory (default: runs/<dataset>-<date-time>)")
@@ -85,11 +101,29 @@ def parse_args(argv=None):
     p.add_argument("--benchmark", action="store_true",
                    help="time training steps on random inputs at --patch/--batch-size/--device and exit")
     p.add_argument("--repeats", type=data.positive_int, default=5, help="timed steps of --benchmark")
+    p.add_argument("--reproduce", metavar="DIR",
+                   help="train the four variants of Table 2, evaluate them and write DIR/tables.md and the figures "
+                        "(on the synthetic benchmark, or on --data); budget: see README")
+    p.add_argument("--full", action="store_true", help="with --reproduce: the paper's sizes, for a GPU")
     args = p.parse_args(argv)
+    if args.full and not args.reproduce:
+        raise DataError("--full only applies to --reproduce DIR")
     if not 0 <= args.p_missing_rgir <= 1:
         raise DataError(f"--p-missing-rgir {args.p_missing_rgir}: must be a probability in [0, 1]")
-    if args.patch % 16:
+    if args.patch is not None and args.patch % 16:
         raise DataError(f"--patch {args.patch}: must be a multiple of 16 (the encoders halve it four times)")
+    return args
+
+
+def budget_name(args):
+    return "train" if not args.reproduce else "reproduce-full" if args.full else "reproduce"
+
+
+def fill_budget(args):
+    """Budget flags left out take the defaults of the mode (BUDGETS)."""
+    for name, value in BUDGETS[budget_name(args)].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     return args
 
 
@@ -206,9 +240,10 @@ def prepare(argv):
         given = {k: getattr(args, k) for k in RESUMABLE_OVERRIDES if getattr(args, k) is not None}
         args = argparse.Namespace(**{**checkpoint["train_args"], **given, "resume": str(path)})
         args.out = str(path.parent)
-    elif not args.data and not args.benchmark:
-        raise DataError("--data DIR is required (the folder with the ISPRS files; `python data.py synth DIR` makes a synthetic one)")
-    args.epochs = args.epochs or 100
+    else:
+        if not args.data and not args.benchmark and not args.reproduce:
+            raise DataError("--data DIR is required (the folder with the ISPRS files; `python data.py synth DIR` makes a synthetic one)")
+        fill_budget(args)
     return args, checkpoint
 
 
@@ -218,15 +253,22 @@ def main(argv=None):
     amp_dtype = autocast_dtype(device, args.amp)
     if args.benchmark:
         return benchmark(args, device, amp_dtype)
+    if args.reproduce:
+        return reproduce(args, device, amp_dtype)
     device, rank, world = setup_distributed(device)
+    if world == 1:
+        return train(args, checkpoint, device, amp_dtype, rank, world)
     try:
-        train(args, checkpoint, device, amp_dtype, rank, world)
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
+        finished = train(args, checkpoint, device, amp_dtype, rank, world)
+    except BaseException:
+        dist.destroy_process_group()
+        raise
+    leave_distributed()
+    return finished
 
 
 def train(args, checkpoint, device, amp_dtype, rank, world):
+    """The training run; returns True when it finished, False when it was stopped (and saved)."""
     log = print if rank == 0 else lambda *a, **k: None
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
     dataset = args.dataset or data.detect_dataset(args.data)
@@ -285,7 +327,7 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
                     save_checkpoint(checkpoint_state(), out / "last.pt")
                 log(f"{stop.signal}: saved {out / 'last.pt'} at epoch {state['epoch'] + 1}, step "
                     f"{state['step_in_epoch']}; continue with: python train.py --resume {out}")
-                return
+                return False
             row = validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, amp_dtype) if rank == 0 else None
             state.update(epoch=state["epoch"] + 1, step_in_epoch=0, epoch_sums={t: 0.0 for t in TERMS})
             if rank == 0:
@@ -299,6 +341,7 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
     finally:
         stop.restore()
     log(f"done: best mean mF1 {state['best_score']:.2f}; evaluate with: python evaluate.py --checkpoint {out / 'best.pt'}")
+    return True
 
 
 def validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, amp_dtype):
@@ -402,6 +445,17 @@ def setup_distributed(device):
     return device, dist.get_rank(), dist.get_world_size()
 
 
+def leave_distributed():
+    """Waits for every process, then tears the process group down. The
+    barrier's work object is held until after the teardown: if a Gloo worker
+    thread dropped it last, it would need the GIL while the teardown, holding
+    the GIL, joins that thread (a deadlock at exit seen with torch 2.13)."""
+    barrier = dist.barrier(async_op=True)
+    barrier.wait()
+    dist.destroy_process_group()
+    del barrier
+
+
 class CPUSyncBatchNorm(nn.BatchNorm2d):
     """Batch norm whose training statistics cover the global batch, for
     several CPU processes (Gloo): torch's SyncBatchNorm runs on GPUs only. The
@@ -478,6 +532,65 @@ def benchmark(args, device, amp_dtype):
     step = lambda: train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label,
                               ("rgir", "ndsm")[next(steps) % 2], class_weights, amp_dtype)
     report_benchmark("training step", measure(step, B, device, BENCHMARK_WARMUP, args.repeats), args, device, amp_dtype)
+
+
+# -----------------------------------------------------------------------------
+# The paper's experiments in one command: Tables 1-3 and Figures 3, 4 and 6
+
+
+def reproduce(args, device, amp_dtype):
+    """Trains the four variants of Table 2 with the same budget and seed,
+    scores them on the test tiles in the three scenarios and writes
+    DIR/tables.md, DIR/results.json and the figures. Without --data it first
+    writes the synthetic benchmark (SYNTHETIC_BENCHMARKS) to DIR/data. Runs
+    already in DIR/runs are resumed or reused, so an interrupted reproduction
+    goes on where it stopped."""
+    start = time.perf_counter()
+    out = writable_dir(args.reproduce, "--reproduce")
+    mode = budget_name(args)
+    data_dir = Path(args.data) if args.data else out / "data"
+    if not args.data and not data_dir.exists():
+        data.synthesize(data_dir, "vaihingen", **SYNTHETIC_BENCHMARKS[mode])
+    for variant in ABLATIONS:
+        run = out / "runs" / variant
+        checkpoint = load_checkpoint(run / "last.pt") if (run / "last.pt").exists() else None
+        if checkpoint and checkpoint["state"]["epoch"] >= args.epochs:
+            print(f"{variant}: trained already ({run})")
+            continue
+        run_args = argparse.Namespace(**{**vars(args), "ablation": variant, "out": str(run), "data": str(data_dir),
+                                         "reproduce": None, "full": False, "resume": str(run / "last.pt") if checkpoint else None})
+        if not train(run_args, checkpoint, device, amp_dtype, rank=0, world=1):
+            return  # stopped by Ctrl-C or SIGTERM; the same command resumes
+
+    test_tiles = data.load_split(data_dir, "test", args.dataset)
+    results, distances, models = {}, {}, {}
+    for variant in ABLATIONS:
+        models[variant] = model_from_checkpoint(load_checkpoint(out / "runs" / variant / "best.pt"), device)
+        save_dir = writable_dir(out / "predictions" / variant, "--reproduce")
+        results[variant], distances[variant] = evaluate_tiles(
+            models[variant], test_tiles, list(SCENARIOS), args.patch, args.patch // 4, args.batch_size, device,
+            amp_dtype, feature_distance=True, save_dir=save_dir)
+
+    minutes = (time.perf_counter() - start) / 60
+    source = f"the data in {args.data}" if args.data else (
+        "the synthetic benchmark `data.synthesize(DIR, 'vaihingen', " +
+        ", ".join(f"{k}={v}" for k, v in SYNTHETIC_BENCHMARKS[mode].items()) + ")`")
+    budget = ", ".join(f"{k.replace('_', '-')} {getattr(args, k)}" for k in BUDGETS[mode])
+    title = (f"DIS2 reproduction on {source}, {len(test_tiles)} test tiles; budget per variant: {budget}, "
+             f"seed {args.seed}; {device}; {minutes:.0f} min for this command")
+    (out / "tables.md").write_text(evaluate.tables_markdown(results, distances, title))
+    (out / "results.json").write_text(json.dumps(dict(
+        title=title, scores=results,
+        feature_distance={v: {f"{a}_vs_{b}": d for (a, b), d in ds.items()} for v, ds in distances.items()}), indent=2))
+
+    figure_tiles = test_tiles[:3]
+    predictions = {v: {s: {t.name: data.rgb_to_labels(np.asarray(Image.open(out / "predictions" / v / f"{t.name}_{s}.png")))
+                           for t in figure_tiles} for s in SCENARIOS} for v in ("hf", "dis2")}
+    evaluate.figure_predictions(figure_tiles, predictions, out / "figure3_predictions.png")
+    evaluate.figure_attention(models["dis2"], test_tiles[0], args.patch, device, out / "figure6_attention.png")
+    evaluate.figure_queries(models["dis2"], test_tiles[0], args.patch, device, out / "figure4_queries.png")
+    print((out / "tables.md").read_text())
+    print(f"figures: {', '.join(str(p) for p in sorted(out.glob('figure*.png')))}")
 
 
 def epoch_row(state, scheduler, results, score, steps_per_epoch):

@@ -144,6 +144,15 @@ def test_sliding_window_prediction_covers_the_tile(trained_run, dataset):
     np.testing.assert_array_equal(whole, direct)
 
 
+def test_evaluation_uses_running_statistics_and_changes_no_state(trained_run, dataset):
+    checkpoint = evaluate.load_checkpoint(trained_run / "best.pt")
+    model = evaluate.model_from_checkpoint(checkpoint, torch.device("cpu")).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    evaluate.evaluate_tiles(model, data.load_split(dataset, "val"), ["full"], 32, 8, 2, torch.device("cpu"), None,
+                            progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 # ----------------------------------------------------------- resume, saving
 
 
