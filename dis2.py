@@ -468,7 +468,9 @@ class DIS2(nn.Module):
         decoder side by side, so in training the batch-norm statistics cover
         all of them, as the running statistics used at evaluation do."""
         n = len(missings)
-        a, b = ([torch.cat(level) for level in zip(*slot)] for slot in zip(*(self.slots(features, m) for m in missings)))
+        per_scenario = [self.slots(features, m) for m in missings]  # n x (a, b) x L
+        join = lambda xs: xs[0] if n == 1 else torch.cat(xs)  # (n*B, C_i, H_i, W_i)
+        a, b = ([join([s[slot][i] for s in per_scenario]) for i in range(LEVELS)] for slot in (0, 1))
         size = tuple(2 * s for s in a[0].shape[-2:])  # the input's H, W
 
         fused, fused_pooled = self.fusion(a, b)  # fused_pooled[-1] is the fusion token
