@@ -29,10 +29,11 @@ from tqdm import tqdm
 
 import data
 from data import CLASSES, IGNORE_INDEX, DataError
-from dis2 import DIS2, DIS2Config, SCENARIOS
+from dis2 import DIS2, DIS2Config, SCENARIOS, STRIDE
 
 SCORED = CLASSES[:5]  # averaged into mF1 and mIoU, as in the paper
 ROW_NAMES = {"full": "Full Modality", "missing_rgir": "Missing RGIR - Only NDSM", "missing_ndsm": "Missing NDSM - Only RGIR"}
+SHORT_NAMES = {s: name.split(" - ")[0] for s, name in ROW_NAMES.items()}  # for figures and scenario pairs
 COLUMN_NAMES = ("Imp. Surface", "Building", "Low Veg.", "Tree", "Car")
 DISTANCE_PAIRS = (("full", "missing_rgir"), ("full", "missing_ndsm"), ("missing_rgir", "missing_ndsm"))
 CHECKPOINT_FORMAT = "dis2-checkpoint-1"
@@ -91,6 +92,13 @@ def model_from_checkpoint(checkpoint, device, compile_model=False):
     model = DIS2(DIS2Config(**checkpoint["config"]))
     model.load_state_dict(checkpoint["model"])
     return prepared(model, device, compile_model)
+
+
+def check_patch(patch):
+    """Training patches and evaluation windows: the encoders halve them four times."""
+    if patch % STRIDE:
+        raise DataError(f"--patch {patch}: must be a multiple of {STRIDE} (the encoders halve it four times)")
+    return patch
 
 
 def latest_checkpoint(runs="runs", name="best.pt"):
@@ -203,12 +211,17 @@ def table(results):
     return "\n".join(lines)
 
 
+def distances_by_name(distances):
+    """{(a, b): d} -> {"a_vs_b": d}, the JSON form of Table 3."""
+    return {f"{a}_vs_{b}": d for (a, b), d in distances.items()}
+
+
 def distance_table(distances):
     """The layout of the paper's Table 3: mean L2 distance between the
     penultimate features Z of two scenarios, over all windows."""
     lines = [f"{'Scenario pair':<36}{'L2 distance of Z':>18}"]
     for (a, b), d in distances.items():
-        lines.append(f"{ROW_NAMES[a].split(' - ')[0] + ' vs ' + ROW_NAMES[b].split(' - ')[0]:<36}{d:>18.4f}")
+        lines.append(f"{SHORT_NAMES[a] + ' vs ' + SHORT_NAMES[b]:<36}{d:>18.4f}")
     return "\n".join(lines)
 
 
@@ -242,12 +255,12 @@ def claims(results, distances):
     hardest = min(SCENARIOS, key=lambda s: ours[s]["mF1"])
     return [
         ("DIS2 beats HF in both missing scenarios (mF1)", all(g > 0 for g in gains.values()),
-         ", ".join(f"{ROW_NAMES[s].split(' - ')[0]}: {gains[s]:+.2f}" for s in missing)),
+         ", ".join(f"{SHORT_NAMES[s]}: {gains[s]:+.2f}" for s in missing)),
         ("distillation shrinks the full-vs-missing feature distance (DIS2 < HF)", all(shrink.values()),
-         ", ".join(f"{ROW_NAMES[b].split(' - ')[0]}: DIS2 {distances['dis2'][a, b]:.4f} vs HF {distances['hf'][a, b]:.4f}"
+         ", ".join(f"{SHORT_NAMES[b]}: DIS2 {distances['dis2'][a, b]:.4f} vs HF {distances['hf'][a, b]:.4f}"
                    for a, b in DISTANCE_PAIRS[:2])),
         ("missing RGIR is the hardest scenario (lowest DIS2 mF1)", hardest == "missing_rgir",
-         ", ".join(f"{ROW_NAMES[s].split(' - ')[0]} {ours[s]['mF1']:.2f}" for s in SCENARIOS)),
+         ", ".join(f"{SHORT_NAMES[s]} {ours[s]['mF1']:.2f}" for s in SCENARIOS)),
     ]
 
 
@@ -265,7 +278,7 @@ def tables_markdown(results, distances, title):
     parts += [markdown_table(SCORE_HEADER, rows), "",
               "## Table 3 analogue: mean L2 distance between the penultimate features Z of two scenarios", "",
               markdown_table(["Scenario pair", "HF", "DIS2"],
-                             [[f"{ROW_NAMES[a].split(' - ')[0]} vs {ROW_NAMES[b].split(' - ')[0]}",
+                             [[f"{SHORT_NAMES[a]} vs {SHORT_NAMES[b]}",
                                f"{distances['hf'][a, b]:.4f}", f"{distances['dis2'][a, b]:.4f}"] for a, b in DISTANCE_PAIRS]),
               "", "## The paper's claims on this benchmark", ""]
     parts += [f"- {statement}: **{'holds' if holds else 'does not hold'}** ({evidence})"
@@ -352,7 +365,7 @@ def figure_attention(model, tile, window, device, path, cell=160):
             row.append((0.55 * heat + 0.45 * rgir).astype(np.uint8))
         rows.append(row)
     columns = ["IRRG", *(c.replace("_", " ") for c in CLASSES)]
-    grid_image(rows, [ROW_NAMES[s].split(" - ")[0] for s in SCENARIOS], columns, cell).save(path)
+    grid_image(rows, [SHORT_NAMES[s] for s in SCENARIOS], columns, cell).save(path)
 
 
 def figure_queries(model, tile, window, device, path, cell=150):
@@ -363,7 +376,7 @@ def figure_queries(model, tile, window, device, path, cell=150):
     queries = model.classwise_attention.queries.detach().float().cpu().numpy()
     heat = lambda x: np.repeat(np.repeat(colormap(stretch(x)), 24, axis=0), 2, axis=1)
     cells = [[heat(queries), *(heat(maps[s][1]) for s in SCENARIOS)]]
-    columns = ["queries q_k", *(f"retrieved, {ROW_NAMES[s].split(' - ')[0]}" for s in SCENARIOS)]
+    columns = ["queries q_k", *(f"retrieved, {SHORT_NAMES[s]}" for s in SCENARIOS)]
     grid_image(cells, ["classes 1-6 (rows)"], columns, cell).save(path)
 
 
@@ -482,9 +495,7 @@ def main(argv=None):
             f"{checkpoint_path}: the model predicts {checkpoint['config']['num_classes']} classes but the ISPRS "
             f"labels have {len(CLASSES)}; use a checkpoint trained on ISPRS data"
         )
-    window = args.patch or checkpoint["train_args"]["patch"]
-    if window % 16:
-        raise DataError(f"--patch {window}: must be a multiple of 16 (the encoders halve it four times)")
+    window = check_patch(args.patch or checkpoint["train_args"]["patch"])
     overlap = args.overlap if args.overlap is not None else window // 4
     if not 0 <= overlap < window:
         raise DataError(f"--overlap {overlap}: must be at least 0 and smaller than the window ({window})")
@@ -514,7 +525,7 @@ def main(argv=None):
     if args.json:
         report = {"checkpoint": str(checkpoint_path), "split": args.split, "eroded": args.eroded, "scenarios": results}
         if distances:
-            report["feature_distance"] = {f"{a}_vs_{b}": d for (a, b), d in distances.items()}
+            report["feature_distance"] = distances_by_name(distances)
         Path(args.json).write_text(json.dumps(report, indent=2))
 
 

@@ -11,6 +11,8 @@ the full scenario and for the missing scenario drawn for that batch.
 import torch
 import torch.nn.functional as F
 
+from dis2 import OTHER
+
 IGNORE_INDEX = 255
 TERMS = ("seg_full", "seg_miss", "orth", "distill_feat", "distill_logit", "uni_rgir", "uni_ndsm", "aux")
 
@@ -117,7 +119,7 @@ def dis2_loss(full, miss, target, missing, class_weights=None, temperature=2.0):
     "rgir" or "ndsm"). Returns the total and a dict of every term (a variant
     without DLKD has no orthogonal or distillation terms: they are 0)."""
     seg = lambda logits: segmentation_loss(logits, target, class_weights)
-    available = "ndsm" if missing == "rgir" else "rgir"
+    available = OTHER[missing]
     zero = full.logits.new_zeros((), dtype=torch.float32)
     terms = dict(seg_full=seg(full.logits), seg_miss=seg(miss.logits), orth=zero, distill_feat=zero, distill_logit=zero)
     if miss.branch_pooled:

@@ -48,6 +48,7 @@ from evaluate import (
     BENCHMARK_WARMUP,
     CHECKPOINT_FORMAT,
     autocast_dtype,
+    check_patch,
     config_dict,
     evaluate_tiles,
     latest_checkpoint,
@@ -110,8 +111,8 @@ def parse_args(argv=None):
         raise DataError("--full only applies to --reproduce DIR")
     if not 0 <= args.p_missing_rgir <= 1:
         raise DataError(f"--p-missing-rgir {args.p_missing_rgir}: must be a probability in [0, 1]")
-    if args.patch is not None and args.patch % 16:
-        raise DataError(f"--patch {args.patch}: must be a multiple of 16 (the encoders halve it four times)")
+    if args.patch is not None:
+        check_patch(args.patch)
     return args
 
 
@@ -583,7 +584,7 @@ def reproduce(args, device, amp_dtype):
     (out / "tables.md").write_text(evaluate.tables_markdown(results, distances, title))
     (out / "results.json").write_text(json.dumps(dict(
         title=title, scores=results,
-        feature_distance={v: {f"{a}_vs_{b}": d for (a, b), d in ds.items()} for v, ds in distances.items()}), indent=2))
+        feature_distance={v: evaluate.distances_by_name(ds) for v, ds in distances.items()}), indent=2))
 
     figure_tiles = test_tiles[:3]
     predictions = {v: {s: {t.name: data.rgb_to_labels(np.asarray(Image.open(out / "predictions" / v / f"{t.name}_{s}.png")))
