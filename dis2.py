@@ -24,8 +24,15 @@ live in losses.py.
 
 The file reads top-down: building blocks, encoder (Eq. 1), fusion (Eq. 7-8),
 classwise attention (Eq. 9-10), classwise decoder (Eq. 11-12), heads
-(Eq. 13-14), then the config and the DIS2 model that wires them together.
+(Eq. 13-14), the FusionDecoder that chains fusion, attention and decoder for
+one scenario, then the config and the DIS2 model that wires them together.
 Shapes are given for a (B, 3, H, W) input; level i has resolution H/2^i.
+
+Every scenario goes through its FusionDecoder as a batch of its own, so in
+training batch norm never mixes a missing scenario with the full one (which
+would let it see the missing modality). One FusionDecoder serves all
+scenarios (layout "shared") or each scenario has its own ("per-scenario",
+as in the authors' code); DIS2Config.layout chooses.
 """
 
 import math
@@ -41,6 +48,7 @@ OTHER = {"rgir": "ndsm", "ndsm": "rgir"}
 SCENARIOS = {"full": None, "missing_rgir": "rgir", "missing_ndsm": "ndsm"}
 LEVELS = 4  # L in the paper: encoder levels at H/2, H/4, H/8, H/16
 STRIDE = 2**LEVELS  # H and W must be multiples of this
+LAYOUTS = ("shared", "per-scenario")  # DIS2Config.layout
 
 
 def exists(x):
@@ -311,6 +319,45 @@ class UnimodalHead(nn.Module):
         return upsample(logits, size)
 
 
+class FusionDecoder(nn.Module):
+    """Everything after the encoders for one scenario: hierarchical fusion of
+    its two active branches (Eq. 7-8), classwise attention (Eq. 9-10), the
+    per-class decoder and the classifier (Eq. 11-12). Without CW (the HF
+    variants) the attention is skipped and the decoder is a plain UNet one.
+    DIS2 holds one of these for all scenarios or one per scenario (the
+    `layout` of DIS2Config)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        K, widths = cfg.num_classes, cfg.widths
+        self.fusion = HierarchicalFusion(widths, cfg.embed_dim, cfg.heads, cfg.depth, cfg.mlp_ratio, cfg.pos_size)
+        if cfg.classwise:
+            self.classwise_attention = ClasswiseAttention(K, widths[-1])
+            self.decoder = Decoder(K * widths[-1], widths, K * cfg.class_width, K, cfg.z_channels, groups=K)
+        else:
+            self.classwise_attention = None
+            self.decoder = Decoder(widths[-1], widths, K * cfg.class_width, K, cfg.z_channels, groups=1)
+        self.classifier = nn.Conv2d(cfg.z_channels, K, 1)
+
+    def forward(self, a, b):
+        """a, b: the L features of slot a (RGIR) and slot b (NDSM). Returns
+        logits, Z, the auxiliary logits, the pooled fused features (the fusion
+        token last) and alpha (None without CW)."""
+        size = tuple(2 * s for s in a[0].shape[-2:])  # the input's H, W
+        fused, fused_pooled = self.fusion(a, b)  # fused_pooled[-1] is the fusion token
+        if exists(self.classwise_attention):
+            m, attention = self.classwise_attention(fused[-1])
+        else:
+            m, attention = fused[-1], None
+        z_half, aux_logits = self.decoder(m, fused, size)
+        z = upsample(z_half, size)  # (B, C_z, H, W)
+        # Eq. 12: the final segmentation is a 1x1 convolution of Z. Bilinear
+        # upsampling and a 1x1 convolution commute, so it runs at H/2 (the
+        # same logits for a quarter of the work and memory).
+        logits = upsample(self.classifier(z_half), size)
+        return logits, z, aux_logits, fused_pooled, attention
+
+
 # -----------------------------------------------------------------------------
 # The model
 
@@ -330,9 +377,15 @@ class DIS2Config:
     z_channels: int | None = None  # channels of Z (Eq. 12); default: width
     classwise: bool = True  # CW: classwise attention and per-class decoder (Eq. 9-12)
     dlkd: bool = True  # DLKD: Supplement encoders, orthogonal and distillation losses (Eq. 1-6)
+    # "shared": one fusion, classwise attention and decoder serve every scenario
+    # (our reading of the paper's Figure 2); "per-scenario": each scenario has
+    # its own (the authors' code: full_fuse, miss_rgb_fuse, miss_ndsm_fuse).
+    layout: str = "shared"
     widths: tuple = field(init=False)
 
     def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         self.widths = tuple(self.width * 2**i for i in range(LEVELS))
         self.z_channels = self.z_channels or self.width
 
@@ -380,14 +433,12 @@ class DIS2(nn.Module):
             else {}
         )
         self.uni_heads = nn.ModuleDict({m: UnimodalHead(widths, K) for m in MODALITIES})
-        self.fusion = HierarchicalFusion(widths, cfg.embed_dim, cfg.heads, cfg.depth, cfg.mlp_ratio, cfg.pos_size)
-        if cfg.classwise:
-            self.classwise_attention = ClasswiseAttention(K, widths[-1])
-            self.decoder = Decoder(K * widths[-1], widths, K * cfg.class_width, K, cfg.z_channels, groups=K)
-        else:
-            self.classwise_attention = None
-            self.decoder = Decoder(widths[-1], widths, K * cfg.class_width, K, cfg.z_channels, groups=1)
-        self.classifier = nn.Conv2d(cfg.z_channels, K, 1)
+        stacks = ("shared",) if cfg.layout == "shared" else tuple(SCENARIOS)
+        self.fusion_decoders = nn.ModuleDict({name: FusionDecoder(cfg) for name in stacks})
+
+    def fusion_decoder(self, scenario):
+        """The fusion, classwise attention and decoder that serve `scenario`."""
+        return self.fusion_decoders["shared" if self.config.layout == "shared" else scenario]
 
     def check_inputs(self, rgir, ndsm):
         """Returns the missing modality (None, "rgir" or "ndsm"); ValueError on bad input."""
@@ -420,8 +471,9 @@ class DIS2(nn.Module):
         serve both scenarios and one Supplement encoder runs."""
         missing = self.check_inputs(rgir, ndsm)
         if scenarios is None:
+            scenario = next(s for s, m in SCENARIOS.items() if m == missing)
             features, uni_logits = self.encode(rgir, ndsm, supplements=[OTHER[missing]] if missing else [])
-            return self.fuse_and_decode(features, uni_logits, [missing])[0]
+            return self.fuse_and_decode(features, uni_logits, scenario)
         unknown = [s for s in scenarios if s not in SCENARIOS]
         if unknown or missing:
             raise ValueError(
@@ -430,7 +482,7 @@ class DIS2(nn.Module):
             )
         supplements = [OTHER[SCENARIOS[s]] for s in scenarios if SCENARIOS[s]]
         features, uni_logits = self.encode(rgir, ndsm, supplements)
-        return dict(zip(scenarios, self.fuse_and_decode(features, uni_logits, [SCENARIOS[s] for s in scenarios])))
+        return {s: self.fuse_and_decode(features, uni_logits, s) for s in scenarios}
 
     def encode(self, rgir, ndsm, supplements):
         """Runs the Distinct encoder of every given modality and the Supplement
@@ -462,38 +514,17 @@ class DIS2(nn.Module):
         reference = next(iter(present.values()))
         return [present.get(m, [torch.zeros_like(x) for x in reference]) for m in MODALITIES]
 
-    def fuse_and_decode(self, features, uni_logits, missings):
-        """Fuses and decodes the scenarios with these missing modalities (None:
-        full) as one batch: the scenarios go through the fusion and the
-        decoder side by side, so in training the batch-norm statistics cover
-        all of them, as the running statistics used at evaluation do."""
-        n = len(missings)
-        per_scenario = [self.slots(features, m) for m in missings]  # n x (a, b) x L
-        join = lambda xs: xs[0] if n == 1 else torch.cat(xs)  # (n*B, C_i, H_i, W_i)
-        a, b = ([join([s[slot][i] for s in per_scenario]) for i in range(LEVELS)] for slot in (0, 1))
-        size = tuple(2 * s for s in a[0].shape[-2:])  # the input's H, W
-
-        fused, fused_pooled = self.fusion(a, b)  # fused_pooled[-1] is the fusion token
-        if self.classwise_attention is not None:
-            m, attention = self.classwise_attention(fused[-1])
-        else:
-            m, attention = fused[-1], None
-        z_half, aux_logits = self.decoder(m, fused, size)
-        z = upsample(z_half, size)  # (n*B, C_z, H, W)
-        # Eq. 12: the final segmentation is a 1x1 convolution of Z. Bilinear
-        # upsampling and a 1x1 convolution commute, so it runs at H/2 (the
-        # same logits for a quarter of the work and memory).
-        logits = upsample(self.classifier(z_half), size)
-
-        attention = attention.chunk(n) if exists(attention) else [None] * n
-        by_level = lambda xs: zip(*(x.chunk(n) for x in xs))  # L x (n*B, ...) -> n x L x (B, ...)
-        outputs = []
-        for missing, logits_i, z_i, attention_i, aux_i, pooled_i in zip(
-            missings, logits.chunk(n), z.chunk(n), attention, by_level(aux_logits), by_level(fused_pooled)
-        ):
-            # The Distinct/Supplement pair of the available modality, pooled for Eq. 2.
-            pair = (f"{OTHER[missing]}_dist", f"{OTHER[missing]}_supp") if exists(missing) and self.config.dlkd else ()
-            branch_pooled = {name: [pool(x) for pool, x in zip(self.branch_pools[name], features[name])] for name in pair}
-            uni = {m: y for m, y in uni_logits.items() if m != missing}
-            outputs.append(DIS2Output(logits_i, z_i, list(aux_i), list(pooled_i), pooled_i[-1], attention_i, branch_pooled, uni))
-        return outputs
+    def fuse_and_decode(self, features, uni_logits, scenario):
+        """Fuses and decodes one scenario. Each scenario runs through fusion
+        and decoder on its own batch, never concatenated with another: in
+        training, batch norm normalises it with its own statistics, so a
+        missing scenario cannot see the missing modality through statistics
+        shared with the full scenario, and the stop-gradient of Eq. 4-5 holds
+        (no gradient reaches an encoder that only the teacher uses)."""
+        missing = SCENARIOS[scenario]
+        logits, z, aux_logits, fused_pooled, attention = self.fusion_decoder(scenario)(*self.slots(features, missing))
+        # The Distinct/Supplement pair of the available modality, pooled for Eq. 2.
+        pair = (f"{OTHER[missing]}_dist", f"{OTHER[missing]}_supp") if exists(missing) and self.config.dlkd else ()
+        branch_pooled = {name: [pool(x) for pool, x in zip(self.branch_pools[name], features[name])] for name in pair}
+        uni = {m: y for m, y in uni_logits.items() if m != missing}
+        return DIS2Output(logits, z, aux_logits, fused_pooled, fused_pooled[-1], attention, branch_pooled, uni)

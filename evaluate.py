@@ -36,7 +36,7 @@ ROW_NAMES = {"full": "Full Modality", "missing_rgir": "Missing RGIR - Only NDSM"
 SHORT_NAMES = {s: name.split(" - ")[0] for s, name in ROW_NAMES.items()}  # for figures and scenario pairs
 COLUMN_NAMES = ("Imp. Surface", "Building", "Low Veg.", "Tree", "Car")
 DISTANCE_PAIRS = (("full", "missing_rgir"), ("full", "missing_ndsm"), ("missing_rgir", "missing_ndsm"))
-CHECKPOINT_FORMAT = "dis2-checkpoint-1"
+CHECKPOINT_FORMAT = "dis2-checkpoint-2"  # 2: fusion and decoder under fusion_decoders (DIS2Config.layout)
 BENCHMARK_WARMUP = 2
 
 
@@ -75,6 +75,10 @@ def load_checkpoint(path):
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__}); pass a .pt file written by train.py")
+    if isinstance(checkpoint, dict) and str(checkpoint.get("format", "")).startswith("dis2-checkpoint-") \
+            and checkpoint["format"] != CHECKPOINT_FORMAT:
+        raise DataError(f"{path}: written by another version of dis2 ({checkpoint['format']}, this one reads "
+                        f"{CHECKPOINT_FORMAT}); train again with this version")
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path}: not a DIS2 checkpoint (no '{CHECKPOINT_FORMAT}' marker); pass a .pt file written by train.py")
     return checkpoint
@@ -344,12 +348,14 @@ def attention_and_queries(model, tile, window, device):
     of each scenario, for the top-left window of a tile."""
     r, n = data.normalise(data.pad_to_window(tile.rgir, window)[None, :window, :window],
                           data.pad_to_window(tile.ndsm, window)[None, :window, :window])
-    captured = []
-    hook = model.classwise_attention.register_forward_hook(lambda module, inputs, output: captured.append(output[0]))
+    captured = []  # M of each scenario, in the order the scenarios run
+    hooks = [stack.classwise_attention.register_forward_hook(lambda module, inputs, output: captured.append(output[0]))
+             for stack in model.fusion_decoders.values()]
     outputs = model.eval()(r.to(device), n.to(device), scenarios=list(SCENARIOS))
-    hook.remove()
+    for hook in hooks:
+        hook.remove()
     K, C = model.config.num_classes, model.config.widths[-1]
-    m = captured[0].view(len(SCENARIOS), K, C, -1).mean(-1)  # mean_p of M_k = h w alpha_k F_L: sum_p alpha_k F_L
+    m = [x.view(K, C, -1).mean(-1) for x in captured]  # mean_p of M_k = h w alpha_k F_L: sum_p alpha_k F_L
     return {s: (outputs[s].attention[0].float().cpu().numpy(), m[i].float().cpu().numpy()) for i, s in enumerate(SCENARIOS)}
 
 
@@ -369,14 +375,17 @@ def figure_attention(model, tile, window, device, path, cell=160):
 
 
 def figure_queries(model, tile, window, device, path, cell=150):
-    """Figure 4 analogue: the learnable class queries q_k (shared by all
-    scenarios, as in Eq. 9) and, per scenario, what they retrieve from F_L,
-    sum_p alpha_k(p) F_L(p): a (K, C) heatmap each, one row per class."""
+    """Figure 4 analogue: the learnable class queries q_k of Eq. 9 (one set
+    shared by all scenarios, or one per scenario in the per-scenario layout)
+    and, per scenario, what they retrieve from F_L, sum_p alpha_k(p) F_L(p):
+    a (K, C) heatmap each, one row per class."""
     maps = attention_and_queries(model, tile, window, device)
-    queries = model.classwise_attention.queries.detach().float().cpu().numpy()
+    queries = {name: stack.classwise_attention.queries.detach().float().cpu().numpy()
+               for name, stack in model.fusion_decoders.items()}
     heat = lambda x: np.repeat(np.repeat(colormap(stretch(x)), 24, axis=0), 2, axis=1)
-    cells = [[heat(queries), *(heat(maps[s][1]) for s in SCENARIOS)]]
-    columns = ["queries q_k", *(f"retrieved, {SHORT_NAMES[s]}" for s in SCENARIOS)]
+    cells = [[*(heat(q) for q in queries.values()), *(heat(maps[s][1]) for s in SCENARIOS)]]
+    columns = [f"queries q_k{'' if name == 'shared' else ', ' + SHORT_NAMES[name]}" for name in queries]
+    columns += [f"retrieved, {SHORT_NAMES[s]}" for s in SCENARIOS]
     grid_image(cells, ["classes 1-6 (rows)"], columns, cell).save(path)
 
 

@@ -43,7 +43,7 @@ from tqdm import tqdm
 import data
 import evaluate
 from data import DataError
-from dis2 import ABLATIONS, DIS2, DIS2Config, SCENARIOS
+from dis2 import ABLATIONS, DIS2, DIS2Config, LAYOUTS, SCENARIOS
 from evaluate import (
     BENCHMARK_WARMUP,
     CHECKPOINT_FORMAT,
@@ -86,11 +86,16 @@ def parse_args(argv=None):
     p.add_argument("--patch", type=data.positive_int, help="side of the square training patches, a multiple of 16 (default 512)")
     p.add_argument("--samples-per-epoch", type=data.positive_int, help="random patches per epoch (default 2000)")
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
-                   help="adamw: AdamW, warm-up and cosine decay; sgd: the authors' SGD with Nesterov momentum and cosine warm restarts")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 for adamw, 1e-2 for sgd)")
+                   help="adamw: AdamW, warm-up and cosine decay; sgd: the authors' SGD (Nesterov momentum 0.99, "
+                        "cosine warm restarts every 15 steps)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     p.add_argument("--width", type=data.positive_int, help="encoder channels at level 1 (default: the paper's 32)")
     p.add_argument("--ablation", choices=tuple(ABLATIONS), default="dis2", help="the variant of Table 2")
-    p.add_argument("--p-missing-rgir", type=float, default=0.5, help="probability that a batch's missing modality is RGIR")
+    p.add_argument("--layout", choices=LAYOUTS, default="shared",
+                   help="shared: one fusion, classwise attention and decoder for all scenarios; "
+                        "per-scenario: one each per scenario, as the authors' code")
+    p.add_argument("--p-missing-rgir", type=float, default=0.6,
+                   help="probability that a batch's missing modality is RGIR (default 0.6, the authors')")
     p.add_argument("--out", help="run directory (default: runs/<dataset>-<date-time>)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="PATH",
                    help="continue a run: its directory or checkpoint (default: the latest run under runs/)")
@@ -177,9 +182,10 @@ def set_rng_states(states):
 def make_optimizer(model, args, steps_per_epoch):
     total_steps = args.epochs * steps_per_epoch
     if args.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr or 1e-2, momentum=0.9, nesterov=True, weight_decay=1e-4)
-        # The authors' schedule: cosine annealing with warm restarts, first cycle 10 epochs, doubling.
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=10 * steps_per_epoch, T_mult=2)
+        # The authors' run_experiment_35.py: SGD with Nesterov momentum 0.99, torch's default learning
+        # rate 1e-3, no weight decay, cosine annealing restarted every 15 optimiser steps.
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr or 1e-3, momentum=0.99, nesterov=True)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=15)
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr or 1e-3, weight_decay=1e-2)
         warmup = min(500, total_steps // 10 + 1)
@@ -288,7 +294,7 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
         writable_dir(out, "--out")
 
     torch.manual_seed(args.seed)
-    config = DIS2Config(width=args.width, pos_size=args.patch, **ABLATIONS[args.ablation])
+    config = DIS2Config(width=args.width, pos_size=args.patch, layout=args.layout, **ABLATIONS[args.ablation])
     net = DIS2(config).to(device)
     optimizer, scheduler = make_optimizer(net, args, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -520,7 +526,7 @@ def benchmark(args, device, amp_dtype):
     """Training steps on random inputs: full plus one missing scenario, every
     term of Eq. 14, backward and optimiser step, as training runs them."""
     torch.manual_seed(args.seed)
-    config = DIS2Config(width=args.width, pos_size=args.patch, **ABLATIONS[args.ablation])
+    config = DIS2Config(width=args.width, pos_size=args.patch, layout=args.layout, **ABLATIONS[args.ablation])
     net = DIS2(config).to(device)
     model = wrap_model(net, device, 1, args.compile)
     optimizer, scheduler = make_optimizer(net, args, steps_per_epoch=args.repeats + BENCHMARK_WARMUP)

@@ -33,7 +33,9 @@ def test_two_processes_give_the_gradients_of_one(tmp_path, missing):
         if grad is None:  # the Supplement encoder of the missing modality
             assert two[name] is None or not two[name].any(), name
             continue
-        torch.testing.assert_close(two[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+        # Two processes sum in another order: float32 rounding, relative to the gradient's scale.
+        scale = grad.abs().max().item()
+        torch.testing.assert_close(two[name], grad, rtol=1e-4, atol=1e-6 + 1e-5 * scale, msg=name)
         compared += 1
     assert compared > 100
 

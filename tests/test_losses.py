@@ -248,9 +248,8 @@ def test_without_dlkd_there_are_no_orthogonal_or_distillation_terms():
 
 
 def test_distillation_sends_no_gradient_to_the_full_scenario():
-    """sg(.) in Eq. 4-5: the distillation terms train the missing path only.
-    (In training mode the scenarios also share batch-norm statistics, a path
-    that sg does not cut; evaluation mode leaves only the wiring to test.)"""
+    """sg(.) in Eq. 4-5: the distillation terms train the missing path only
+    (tests/test_model.py checks the same in train mode on a training batch)."""
     model, full, miss, target = model_outputs("rgir", train=False)
     _, terms = dis2_loss(full, miss, target, "rgir")
     for x in (full.z, full.logits, *full.fused_pooled):

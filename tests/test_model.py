@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dis2 import ABLATIONS, DIS2, DIS2Config, upsample
+import data
+from dis2 import ABLATIONS, DIS2, DIS2Config, LAYOUTS, upsample
 from losses import dis2_loss
 
 TINY = dict(width=4, embed_dim=16, heads=2, depth=1, class_width=2, pos_size=64)
@@ -21,10 +22,11 @@ def scenario_inputs(rgir, ndsm, scenario):
     return (rgir if use_rgir else None), (ndsm if use_ndsm else None)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("ablation", ABLATIONS)
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_output_shapes_every_variant_and_scenario(ablation, scenario):
-    cfg = DIS2Config(**TINY, **ABLATIONS[ablation])
+def test_output_shapes_every_variant_and_scenario(ablation, scenario, layout):
+    cfg = DIS2Config(**TINY, **ABLATIONS[ablation], layout=layout)
     model = DIS2(cfg)
     B, K, H = 2, cfg.num_classes, 64
     out = model(*scenario_inputs(*inputs(B, H), scenario))
@@ -74,7 +76,7 @@ def test_logits_are_the_1x1_convolution_of_z():
     """Eq. 12 at full resolution, though the code runs the convolution at H/2."""
     model = DIS2(DIS2Config(**TINY)).eval()
     out = model(*inputs())
-    torch.testing.assert_close(out.logits, model.classifier(out.z), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.logits, model.fusion_decoder("full").classifier(out.z), atol=1e-5, rtol=1e-5)
 
 
 def test_classwise_attention_is_a_softmax_over_positions():
@@ -88,7 +90,7 @@ def test_classwise_attention_is_a_softmax_over_positions():
 def test_uniform_attention_leaves_deepest_features_unchanged():
     """Eq. 10 scaled by h*w: with q_k = 0 every alpha_k is uniform and M_k = F_L."""
     model = DIS2(DIS2Config(**TINY))
-    attention = model.classwise_attention
+    attention = model.fusion_decoder("full").classwise_attention
     with torch.no_grad():
         attention.queries.zero_()
     f_last = torch.randn(2, 32, 4, 4)
@@ -108,9 +110,10 @@ def test_scenarios_share_one_run_of_each_encoder():
     assert full.logits.shape == miss.logits.shape
 
 
-def test_shared_scenarios_equal_the_separate_calls():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_shared_scenarios_equal_the_separate_calls(layout):
     torch.manual_seed(0)
-    model = DIS2(DIS2Config(**TINY)).eval()
+    model = DIS2(DIS2Config(**TINY, layout=layout)).eval()
     rgir, ndsm = inputs()
     out = model(rgir, ndsm, scenarios=("full", "missing_rgir", "missing_ndsm"))
     torch.testing.assert_close(out["missing_ndsm"].logits, model(rgir, None).logits)
@@ -119,14 +122,80 @@ def test_shared_scenarios_equal_the_separate_calls():
     torch.testing.assert_close(miss.logits, model(None, ndsm).logits)
 
 
-def test_missing_scenario_ignores_the_missing_modality():
-    """With RGIR missing the prediction depends on NDSM only: a training batch's
-    RGIR content must not leak into the missing-RGIR output."""
-    model = DIS2(DIS2Config(**TINY)).eval()
-    rgir, ndsm = inputs()
-    miss_a = model(rgir, ndsm, scenarios=["missing_rgir"])["missing_rgir"]
-    miss_b = model(rgir * 5 + 1, ndsm, scenarios=["missing_rgir"])["missing_rgir"]
-    torch.testing.assert_close(miss_a.logits, miss_b.logits)
+def test_per_scenario_layout_gives_each_scenario_its_own_fusion_and_decoder():
+    shared, per_scenario = (DIS2(DIS2Config(**TINY, layout=layout)) for layout in LAYOUTS)
+    assert list(shared.fusion_decoders) == ["shared"]
+    assert list(per_scenario.fusion_decoders) == list(SCENARIOS)
+    assert len({id(per_scenario.fusion_decoder(s)) for s in SCENARIOS}) == 3
+    assert len({id(shared.fusion_decoder(s)) for s in SCENARIOS}) == 1
+    count = lambda module: sum(p.numel() for p in module.parameters())
+    stack = count(shared.fusion_decoders["shared"])
+    assert count(per_scenario) == count(shared) + 2 * stack
+
+
+def test_unknown_layout_is_refused():
+    with pytest.raises(ValueError, match="layout must be one of"):
+        DIS2Config(layout="authors")
+
+
+# ------------------------------------------- missing means missing, in training too
+
+
+@pytest.fixture(scope="module")
+def train_batch(tmp_path_factory):
+    """A batch as train.py builds it: patches of synthetic tiles from
+    data.PatchDataset, through a DataLoader."""
+    root = tmp_path_factory.mktemp("synthetic")
+    data.synthesize(root, dataset="vaihingen", tiles=3, size=64, seed=1)
+    patches = data.PatchDataset(data.load_split(root, "train"), patch=64, samples_per_epoch=2, seed=0)
+    return next(iter(torch.utils.data.DataLoader(patches, batch_size=2)))
+
+
+def scenario_output(out):
+    """Every tensor a scenario's output holds, flattened, for comparisons."""
+    tensors = [out.logits, out.z, *out.aux_logits, *out.fused_pooled]
+    tensors += [] if out.attention is None else [out.attention]
+    return tensors + [x for xs in out.branch_pooled.values() for x in xs] + list(out.uni_logits.values())
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("ablation", ("hf", "dis2"))
+@pytest.mark.parametrize("missing", ("rgir", "ndsm"))
+def test_missing_scenario_in_training_ignores_the_missing_modality(train_batch, missing, ablation, layout):
+    """In train mode, as train.py runs it (full and missing scenario from one
+    call, batch norm on batch statistics): changing only the missing
+    modality's input leaves every output of the missing scenario unchanged."""
+    torch.manual_seed(0)
+    model = DIS2(DIS2Config(**TINY, **ABLATIONS[ablation], layout=layout)).train()
+    rgir, ndsm, _ = train_batch
+    scenarios = ("full", f"missing_{missing}")
+    changed = {"rgir": (rgir.flip(-1) * 3 + 1, ndsm), "ndsm": (rgir, ndsm.flip(-2) * 3 + 1)}[missing]
+    before = model(rgir, ndsm, scenarios=scenarios)
+    after = model(*changed, scenarios=scenarios)
+    for x, y in zip(scenario_output(before[scenarios[1]]), scenario_output(after[scenarios[1]])):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    assert not torch.allclose(before["full"].logits, after["full"].logits)  # the full scenario does see it
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("missing", ("rgir", "ndsm"))
+def test_distillation_in_training_sends_no_gradient_to_the_teachers_own_encoder(train_batch, missing, layout):
+    """sg(.) in Eq. 4-5, in train mode on a training batch: the distillation
+    terms alone give exactly zero gradient to the missing modality's Distinct
+    encoder (only the full-scenario teacher uses it), and reach the
+    Supplement encoder that fills its slot."""
+    torch.manual_seed(0)
+    model = DIS2(DIS2Config(**TINY, layout=layout)).train()
+    rgir, ndsm, label = train_batch
+    out = model(rgir, ndsm, scenarios=("full", f"missing_{missing}"))
+    _, terms = dis2_loss(out["full"], out[f"missing_{missing}"], label, missing)
+    (terms["distill_feat"] + terms["distill_logit"]).backward()
+    grad_sum = lambda module: sum(p.grad.abs().sum().item() for p in module.parameters() if p.grad is not None)
+    available = "ndsm" if missing == "rgir" else "rgir"
+    assert grad_sum(model.encoders[f"{missing}_dist"]) == 0.0
+    assert grad_sum(model.encoders[f"{available}_supp"]) > 0
+    if layout == "per-scenario":
+        assert grad_sum(model.fusion_decoder("full")) == 0.0  # the teacher's own stack
 
 
 def per_class_reference(level, skip, below, K):
@@ -159,7 +228,7 @@ def test_batched_class_decoder_equals_a_loop_over_classes():
             module.bias.data.uniform_(-0.5, 0.5)
     model.eval()
     K = 6
-    level = model.decoder.levels[1]
+    level = model.fusion_decoder("full").decoder.levels[1]
     skip = torch.randn(2, level.from_skip.in_channels, 16, 16)
     below = torch.randn(2, level.from_below.in_channels, 8, 8)
     torch.testing.assert_close(level(skip, below), per_class_reference(level, skip, below, K))
@@ -168,7 +237,7 @@ def test_batched_class_decoder_equals_a_loop_over_classes():
 def test_class_decoders_do_not_mix_classes():
     """Perturbing class j's attended features M_j changes D_j only."""
     model = DIS2(DIS2Config(**TINY)).eval()
-    decoder, C = model.decoder, 32
+    decoder, C = model.fusion_decoder("full").decoder, 32
     m = torch.randn(1, 6 * C, 4, 4)
     fused = [torch.randn(1, c, 64 // 2**i, 64 // 2**i) for i, c in enumerate((4, 8, 16, 32), start=1)]
     _, aux = decoder(m, fused, (64, 64))
@@ -179,16 +248,22 @@ def test_class_decoders_do_not_mix_classes():
     assert changed.tolist() == [False, False, False, True, False, False]
 
 
-def test_gradients_reach_every_used_parameter():
-    model = DIS2(DIS2Config(**TINY))
-    rgir, ndsm = inputs()
-    target = torch.randint(0, 6, (2, 64, 64))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gradients_reach_every_used_parameter(train_batch, layout):
+    model = DIS2(DIS2Config(**TINY, layout=layout))
+    rgir, ndsm, target = train_batch
     out = model(rgir, ndsm, scenarios=("full", "missing_rgir"))
     loss, _ = dis2_loss(out["full"], out["missing_rgir"], target, "rgir")
     loss.backward()
+    # RGIR is missing: no RGIR Supplement branch, no RGIR orthogonal loss. In
+    # the per-scenario layout the missing-NDSM stack is not used, and the full
+    # stack's pooled features serve only as the stop-gradient teacher of Eq. 4.
+    unused = ("encoders.rgir_supp", "branch_pools.rgir_")
+    if layout == "per-scenario":
+        unused += ("fusion_decoders.missing_ndsm.", "fusion_decoders.full.fusion.pools.")
     for name, p in model.named_parameters():
-        if name.startswith(("encoders.rgir_supp", "branch_pools.rgir_")):
-            assert p.grad is None, name  # RGIR is missing: no RGIR Supplement branch, no RGIR orthogonal loss
+        if name.startswith(unused):
+            assert p.grad is None, name
         else:
             assert p.grad is not None and torch.isfinite(p.grad).all(), name
 

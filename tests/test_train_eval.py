@@ -251,6 +251,12 @@ def test_file_that_is_not_a_dis2_checkpoint(tmp_path):
     assert_one_line_error(run_script("evaluate.py", "--checkpoint", str(other)), "other.pt", "not a DIS2 checkpoint")
 
 
+def test_checkpoint_of_an_earlier_format_says_to_retrain(tmp_path):
+    old = tmp_path / "old.pt"
+    torch.save({"format": "dis2-checkpoint-1", "model": {}}, old)
+    assert_one_line_error(run_script("evaluate.py", "--checkpoint", str(old)), "old.pt", "dis2-checkpoint-1", "train again")
+
+
 def test_checkpoint_whose_classes_do_not_match_the_data(trained_run, tmp_path):
     checkpoint = evaluate.load_checkpoint(trained_run / "best.pt")
     checkpoint["config"]["num_classes"] = 5
