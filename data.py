@@ -20,10 +20,13 @@ Normalisation lives in one place, `normalise`: IRRG /255, then per-channel mean/
 as uint8 (metre inputs: 10 levels per metre) and mapped with a fixed affine scaling.
 
 Synthetic scenes (`synthesize`, `python data.py synth DIR`) are written in exactly the real layout, so
-everything downstream runs without the real data. They are drawn so that the modalities complement
-each other as in the real data: roofs share the roads' colours (height separates them), trees and low
-vegetation share their infrared brightness (height and texture separate them), and roads and lawns
-are nearly flat (colour separates them; lawns stand 0.15 m high on average, which the NDSM shows faintly).
+everything downstream runs without the real data. Each modality is drawn to carry what it carries in
+the real data (docs/synthetic_benchmark.md; `python data.py probe DIR` measures it). The NDSM is what
+dense image matching makes of the scene: lawns and roads both at 0 m, hedges and shrubs (0.5-2 m) in
+the low vegetation, trees as high as the buildings, cars mostly lost, edges smeared over about a metre,
+holes, spikes, noise; alone it finds roofs and crowns but hardly tells lawns or cars from roads. In the
+IRRG vegetation is bright in infrared except in shadows, which keep little of it, and some roofs (not
+most) have the roads' colours; alone it finds nearly everything but those roofs and the cars.
 """
 
 import argparse
@@ -236,12 +239,16 @@ def _read_array(path: Path) -> np.ndarray:
     return array
 
 
+def _irrg(array: np.ndarray, path: Path, bands: tuple[int, ...]) -> np.ndarray:
+    """(H, W, 3) uint8 IR, R, G from an image of one of the allowed band counts: 3 (IRRG) or 4 (R, G, B, IR)."""
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in bands:
+        expected = " or ".join(f"{count}-band" for count in bands)
+        raise DataError(f"{path}: expected a {expected} uint8 image, got shape {array.shape} of {array.dtype}")
+    return np.ascontiguousarray(array[..., [3, 0, 1]]) if array.shape[2] == 4 else array  # R, G, B, IR -> IR, R, G
+
+
 def _read_rgir(path: Path, rgbir: bool) -> np.ndarray:
-    array = _read_array(path)
-    bands = 4 if rgbir else 3
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != bands:
-        raise DataError(f"{path}: expected a {bands}-band uint8 image, got shape {array.shape} of {array.dtype}")
-    return np.ascontiguousarray(array[..., [3, 0, 1]]) if rgbir else array  # R, G, B, IR -> IR, R, G
+    return _irrg(_read_array(path), path, (4,) if rgbir else (3,))
 
 
 def _metres_to_uint8(metres: np.ndarray) -> np.ndarray:
@@ -258,6 +265,33 @@ def _read_ndsm(path: Path) -> np.ndarray:
     if array.ndim != 2 or not (array.dtype == np.uint8 or np.issubdtype(array.dtype, np.floating)):
         raise DataError(f"{path}: expected a 1-band uint8 or float NDSM, got shape {array.shape} of {array.dtype}")
     return array if array.dtype == np.uint8 else _metres_to_uint8(np.nan_to_num(array))
+
+
+# GeoTIFF georeferencing: ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory and its
+# double and ASCII parameters. Copied unchanged onto a prediction, they make it overlay its input in a GIS.
+GEOTIFF_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
+
+
+def _georeference(path: Path) -> list[tuple]:
+    """The GeoTIFF tags of a file already read by _read_array, as tifffile `extratags`; none for JPEG/PNG."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return []
+    with tifffile.TiffFile(path) as tiff:
+        return [(tag.code, tag.dtype, tag.count, tag.value, True) for tag in tiff.pages.first.tags
+                if tag.code in GEOTIFF_TAGS]
+
+
+def read_orthophoto(path) -> tuple[np.ndarray, list[tuple]]:
+    """A new area's orthophoto for prediction: (H, W, 3) uint8 IR, R, G from 3 bands (IRRG) or 4 bands
+    (R, G, B, IR, as Potsdam's RGBIR), and its GeoTIFF tags."""
+    path = Path(path)
+    return _irrg(_read_array(path), path, (3, 4)), _georeference(path)
+
+
+def read_height_model(path) -> tuple[np.ndarray, list[tuple]]:
+    """A new area's NDSM for prediction, (H, W) uint8 as _read_ndsm makes it, and its GeoTIFF tags."""
+    path = Path(path)
+    return _read_ndsm(path), _georeference(path)
 
 
 def _read_dsm(path: Path) -> np.ndarray:
@@ -518,13 +552,17 @@ _SYNTHETIC_FOLDERS = {
 _CAR_COLOURS = np.array(  # RGB: white, black, silver, grey, red, blue, green, beige
     [[225, 225, 225], [35, 35, 40], [165, 168, 172], [105, 108, 112], [175, 35, 30], [35, 55, 140],
      [40, 95, 60], [200, 185, 150]], np.float32)
+_CAR_COLOUR_SHARE = [0.2, 0.2, 0.2, 0.2, 0.07, 0.07, 0.03, 0.03]  # mostly the greys of the roads
+# Shadows are lit by the sky alone, which has little infrared: what is left of each band (IR, R, G)
+# in a full shadow. Vegetation loses the infrared brightness that tells it from roads in the sun.
+_SHADOW_LIGHT = np.array([0.2, 0.35, 0.4], np.float32)
 
 
 @dataclass
 class _Thing:
     """One object of a scene, in pixels; heights in metres, colours as (IR, R, G)."""
 
-    layer: int  # painter's order: 0 ground surfaces, 1 cars and clutter, 2 trees, 3 buildings
+    layer: int  # painter's order: 0 ground surfaces, 1 cars, clutter, hedges and shrubs, 2 trees, 3 buildings
     cls: int
     outline: list  # polygon vertices, or the two corners of a crown's bounding box
     colour: tuple
@@ -533,22 +571,31 @@ class _Thing:
     shape: int = _FLAT
     centre: tuple = (0.0, 0.0)
     normal: tuple = (0.0, 0.0)  # gable roofs: unit vector across the ridge
-    half: float = 1.0  # trees: crown radius; gable roofs: half the width across the ridge (pixels)
+    half: float = 1.0  # domes: crown radius; gable roofs: half the width across the ridge (pixels)
     texture: float = 0.03  # amplitude of the brightness texture
+    matched: float = 1.0  # the fraction of its height that dense matching recovers (cars: partly lost)
 
 
-def _grey(rng, low, high):
+def _grey(rng, low, high, infrared=0.95):
     value = rng.uniform(low, high)
-    return 0.95 * value, value, value  # grey surfaces reflect slightly less infrared
+    return infrared * value, value, value  # asphalt and concrete reflect slightly less infrared
+
+
+def _lawn(rng):
+    return rng.uniform(165, 215), rng.uniform(85, 115), rng.uniform(95, 125)
+
+
+def _leaves(rng):
+    return rng.uniform(160, 215), rng.uniform(60, 95), rng.uniform(70, 105)  # infrared overlaps the lawns'
 
 
 def _roof_colour(rng):
-    kind = rng.choice(4, p=[0.45, 0.3, 0.15, 0.1])
+    kind = rng.choice(4, p=[0.15, 0.45, 0.22, 0.18])
     if kind == 0:
         return _grey(rng, 95, 165)  # concrete and bitumen: the roads' greys
     if kind == 1:
         return rng.uniform(150, 190), rng.uniform(120, 160), rng.uniform(70, 100)  # red tiles
-    return _grey(rng, 50, 90) if kind == 2 else _grey(rng, 170, 215)
+    return _grey(rng, 50, 85, infrared=0.8) if kind == 2 else _grey(rng, 180, 220, infrared=1.05)  # slate, white
 
 
 def _odd_colour(rng):
@@ -584,18 +631,28 @@ class _City:
     def add(self, layer, cls, box, colour, **details):
         self.things.append(_Thing(layer, cls, self.corners(*box), colour, **details))
 
-    def street(self, position, width, along_u, length):
-        """A street with 1.5 m sidewalks and cars parked along both kerbs."""
+    def street(self, position, width, verge, along_u, length):
+        """A street with 1.5 m sidewalks, some with a grass verge between kerb and sidewalk, and cars
+        parked along both kerbs."""
         def box(s0, s1, c0, c1):  # along-street extent s, across-street extent c -> (u0, v0, u1, v1)
             return (s0, c0, s1, c1) if along_u else (c0, s0, c1, s1)
 
-        rng = self.rng
-        self.add(0, _IMPERVIOUS, box(-length, length, position - width / 2 - 1.5, position + width / 2 + 1.5),
+        rng, half = self.rng, width / 2
+        self.add(0, _IMPERVIOUS, box(-length, length, position - half - verge - 1.5, position + half + verge + 1.5),
                  _grey(rng, 125, 175))
-        self.add(0, _IMPERVIOUS, box(-length, length, position - width / 2, position + width / 2), _grey(rng, 90, 145))
-        for kerb in (position - width / 2 + 1.2, position + width / 2 - 1.2):
-            for s in np.arange(-length, length, 6.0):  # 6 m parking slots, 12% taken
-                if rng.random() < 0.12 and self.visible(*box(s, s + 6, kerb - 1, kerb + 1)):
+        if verge:  # with a row of trees on each, whose crowns hang over the road and the cars parked there
+            self.add(0, _LOW_VEGETATION, box(-length, length, position - half - verge, position + half + verge),
+                     _lawn(rng), texture=0.06)
+            for middle in (position - half - verge / 2, position + half + verge / 2):
+                for s in np.arange(-length + rng.uniform(0, 20), length, rng.uniform(14, 24)):
+                    if self.visible(*box(s - 6, s + 6, middle - 6, middle + 6)):
+                        self.tree(*((s, middle) if along_u else (middle, s)))
+        self.add(0, _IMPERVIOUS, box(-length, length, position - half, position + half), _grey(rng, 90, 145))
+        for s in np.arange(-length, length, 6.0):  # the dashed centre line
+            self.add(0, _IMPERVIOUS, box(s, s + 3, position - 0.1, position + 0.1), _grey(rng, 210, 235))
+        for kerb in (position - half + 1.2, position + half - 1.2):
+            for s in np.arange(-length, length, 6.0):  # 6 m parking slots, 15% taken
+                if rng.random() < 0.15 and self.visible(*box(s, s + 6, kerb - 1, kerb + 1)):
                     self.car(*((s + 3, kerb) if along_u else (kerb, s + 3)), along_u)
 
     def car(self, u, v, along_u):
@@ -603,29 +660,40 @@ class _City:
         length, width = rng.uniform(3.9, 5.0) / 2, rng.uniform(1.7, 2.0) / 2
         du, dv = (length, width) if along_u else (width, length)
         box = (u - du, v - dv, u + du, v + dv)
-        r, g, b = _CAR_COLOURS[rng.integers(len(_CAR_COLOURS))] * rng.uniform(0.85, 1.1)
-        self.add(1, _CAR, box, (0.5 * (r + g + b) / 3 + 0.5 * r + 15, r, g), top=rng.uniform(1.3, 1.9), texture=0.05)
+        r, g, b = _CAR_COLOURS[rng.choice(len(_CAR_COLOURS), p=_CAR_COLOUR_SHARE)] * rng.uniform(0.85, 1.1)
+        # dense matching loses much of a car: it is small, and parked cars come and go between the images
+        self.add(1, _CAR, box, (0.5 * (r + g + b) / 3 + 0.5 * r + 15, r, g), top=rng.uniform(1.3, 1.9), texture=0.05,
+                 matched=rng.uniform(0.15, 0.7))
 
     def building(self, u0, v0, u1, v1, flat_roof=False):
         rng = self.rng
         colour = _roof_colour(rng)
         if flat_roof or rng.random() < 0.4:  # 3-20 m, mostly 5-10 m
-            self.add(3, _BUILDING, (u0, v0, u1, v1), colour, top=3 + 17 * rng.beta(1.6, 3))
+            top = 3 + 17 * rng.beta(1.6, 3)
+            self.add(3, _BUILDING, (u0, v0, u1, v1), colour, top=top, texture=0.05)  # gravel, stains
+            for _ in range(int((u1 - u0) * (v1 - v0) / 250)):  # vents, skylights, plant rooms: what roads lack
+                w, d = rng.uniform(1, 4, size=2)
+                a, b = rng.uniform(u0 + 1, u1 - 1 - w), rng.uniform(v0 + 1, v1 - 1 - d)
+                self.add(3, _BUILDING, (a, b, a + w, b + d), _grey(rng, 60, 230), top=top + rng.uniform(0.3, 2))
             return
         ridge_along_u = u1 - u0 >= v1 - v0  # the ridge runs along the longer side
         normal = self.v_axis if ridge_along_u else self.u_axis
         half = (v1 - v0 if ridge_along_u else u1 - u0) / 2 * SYNTH_PX_PER_M
         eave = rng.uniform(3, 9)
         self.add(3, _BUILDING, (u0, v0, u1, v1), colour, top=eave + rng.uniform(2, 5), eave=eave, shape=_GABLE,
-                 centre=tuple(self.xy((u0 + u1) / 2, (v0 + v1) / 2)), normal=tuple(normal), half=half)
+                 centre=tuple(self.xy((u0 + u1) / 2, (v0 + v1) / 2)), normal=tuple(normal), half=half,
+                 texture=0.1)  # rows of tiles or slates
+
+    def dome(self, u, v, radius, cls, top, layer):
+        """A round crown (trees) or bush (shrubs): leaves' colours, a strong texture."""
+        (x, y), r = self.xy(u, v), radius * SYNTH_PX_PER_M
+        self.things.append(_Thing(layer, cls, [(x - r, y - r), (x + r, y + r)], _leaves(self.rng), shape=_DOME,
+                                  centre=(x, y), half=r, top=top, texture=0.22))
 
     def tree(self, u, v):
-        rng = self.rng
-        radius = rng.uniform(2, 5.5)
-        (x, y), r = self.xy(u, v), radius * SYNTH_PX_PER_M
-        colour = rng.uniform(160, 215), rng.uniform(60, 95), rng.uniform(70, 105)  # infrared overlaps the lawns'
-        self.things.append(_Thing(2, _TREE, [(x - r, y - r), (x + r, y + r)], colour, shape=_DOME, centre=(x, y),
-                                  half=r, top=min(15, 4 + 1.5 * radius + rng.uniform(0, 4)), texture=0.22))
+        """A crown 2-6 m in radius and 4.4-15 m high: as high as the buildings around it."""
+        radius = self.rng.uniform(2, 6)
+        self.dome(u, v, radius, _TREE, 2 + 1.2 * radius + self.rng.uniform(0, 6), layer=2)
 
     def trees(self, block, count, avoid=()):
         u0, v0, u1, v1 = block
@@ -633,6 +701,29 @@ class _City:
             u, v = self.rng.uniform(u0, u1), self.rng.uniform(v0, v1)
             if not any(_overlaps((u, v, u, v), box, gap=1) for box in avoid):
                 self.tree(u, v)
+
+    def shrubs(self, block, count, avoid=()):
+        """Low vegetation that is not flat: bushes 0.5-1.5 m in radius and 0.5-2 m high."""
+        u0, v0, u1, v1 = block
+        for _ in range(count):
+            u, v = self.rng.uniform(u0, u1), self.rng.uniform(v0, v1)
+            if not any(_overlaps((u, v, u, v), box, gap=1.5) for box in avoid):
+                self.dome(u, v, self.rng.uniform(0.5, 1.5), _LOW_VEGETATION, self.rng.uniform(0.5, 2), layer=1)
+
+    def hedges(self, block):
+        """Hedges 0.8-1.5 m wide and 0.5-2 m high along some sides of a block, with gaps."""
+        rng = self.rng
+        u0, v0, u1, v1 = block
+        for side in range(4):
+            if rng.random() < 0.5:
+                continue
+            width, top = rng.uniform(0.8, 1.5), rng.uniform(0.5, 2)
+            start, end = (u0, u1) if side < 2 else (v0, v1)
+            edge = [v0 + 0.5, v1 - 0.5 - width, u0 + 0.5, u1 - 0.5 - width][side]
+            for s in np.arange(start + rng.uniform(0, 8), end - 4, 12.0):
+                stop = min(end, s + rng.uniform(4, 11))
+                box = (s, edge, stop, edge + width) if side < 2 else (edge, s, edge + width, stop)
+                self.add(1, _LOW_VEGETATION, box, _leaves(rng), top=top, texture=0.22)
 
     def clutter(self, box, raised):
         rng = self.rng
@@ -643,7 +734,7 @@ class _City:
             self.add(0, _CLUTTER, box, colour, texture=0.1)
 
     def residential(self, u0, v0, u1, v1):
-        """Houses with driveways (some with a car), garden clutter, and garden trees."""
+        """Houses with driveways (some with a car) and terraces, hedges, shrubs, garden clutter and trees."""
         rng, houses = self.rng, []
         for _ in range(int((u1 - u0) * (v1 - v0) / 30)):
             size = rng.uniform(10, 26), rng.uniform(9, 16)
@@ -657,10 +748,22 @@ class _City:
             houses.append(house)
             self.building(*house)
             self.driveway(house, (u0, v0, u1, v1))
+            if rng.random() < 0.5:
+                self.terrace(house)
             if rng.random() < 0.25:
                 cu, cv = rng.uniform(u0, u1 - 2), rng.uniform(v0, v1 - 2)
                 self.clutter((cu, cv, cu + rng.uniform(1, 3), cv + rng.uniform(1, 3)), raised=True)
-        self.trees((u0, v0, u1, v1), int((u1 - u0) * (v1 - v0) / 70), avoid=houses)
+        self.hedges((u0, v0, u1, v1))
+        self.shrubs((u0, v0, u1, v1), int((u1 - u0) * (v1 - v0) / 150), avoid=houses)
+        self.trees((u0, v0, u1, v1), int((u1 - u0) * (v1 - v0) / 85), avoid=houses)
+
+    def terrace(self, house):
+        """A paved terrace 2.5-5 m deep along one side of a house: pavement amid the lawns."""
+        rng = self.rng
+        a, b, c, d = house
+        depth, side = rng.uniform(2.5, 5), rng.integers(4)
+        box = [(a, b - depth, c, b), (a, d, c, d + depth), (a - depth, b, a, d), (c, b, c + depth, d)][side]
+        self.add(0, _IMPERVIOUS, box, _grey(rng, 120, 185))
 
     def driveway(self, house, block):
         """A 3 m paved strip from the house to the nearest edge of its block."""
@@ -678,9 +781,16 @@ class _City:
             self.car(*((middle, across) if along_u else (across, middle)), along_u)
 
     def commercial(self, u0, v0, u1, v1):
-        """One large flat-roofed building on a paved lot, with a row of parked cars."""
+        """One large flat-roofed building on a paved lot with lawn borders, and a row of parked cars."""
         rng = self.rng
         self.add(0, _IMPERVIOUS, (u0, v0, u1, v1), _grey(rng, 110, 170))
+        for side in range(4):  # lawn borders: flat ground that is not pavement
+            if rng.random() < 0.4:
+                w = rng.uniform(2, 5)
+                box = [(u0, v0 + 5, u0 + w, v1), (u1 - w, v0 + 5, u1, v1), (u0, v0, u1, v0 + w),
+                       (u0, v1 - w, u1, v1)][side]
+                self.add(0, _LOW_VEGETATION, box, _lawn(rng), texture=0.06)
+                self.shrubs(box, int((box[2] - box[0]) * (box[3] - box[1]) / 40))
         margin = rng.uniform(6, 10)
         if u1 - u0 > 2 * margin + 10 and v1 - v0 > 2 * margin + 10:
             self.building(u0 + margin, v0 + margin, u1 - margin, v1 - margin - rng.uniform(0, (v1 - v0) / 3), True)
@@ -689,17 +799,26 @@ class _City:
                 self.car(u, v0 + 3, along_u=False)
 
     def park(self, u0, v0, u1, v1):
-        """Dense trees on lawn, crossed by a footpath."""
+        """Trees on lawn, with shrubs and hedges, crossed by footpaths; or a paved square with trees."""
         rng = self.rng
-        path = rng.uniform(u0, u1)
-        self.add(0, _IMPERVIOUS, (path - 1.2, v0, path + 1.2, v1), _grey(rng, 120, 170))
-        self.trees((u0, v0, u1, v1), int((u1 - u0) * (v1 - v0) / 35))
+        if rng.random() < 0.3:
+            self.add(0, _IMPERVIOUS, (u0, v0, u1, v1), _grey(rng, 130, 185))
+            self.trees((u0, v0, u1, v1), int((u1 - u0) * (v1 - v0) / 150))
+            return
+        for _ in range(rng.integers(1, 4)):
+            path, w = rng.uniform(u0, u1), rng.uniform(1, 2)
+            self.add(0, _IMPERVIOUS, (path - w, v0, path + w, v1), _grey(rng, 120, 170))
+        self.hedges((u0, v0, u1, v1))
+        self.shrubs((u0, v0, u1, v1), int((u1 - u0) * (v1 - v0) / 100))
+        self.trees((u0, v0, u1, v1), int((u1 - u0) * (v1 - v0) / 45))
 
     def parking(self, u0, v0, u1, v1):
-        """A car park: rows of perpendicular parking bays, trees around."""
+        """A car park: rows of perpendicular parking bays, some with grass between, trees around."""
         rng = self.rng
         self.add(0, _IMPERVIOUS, (u0 + 2, v0 + 2, u1 - 2, v1 - 2), _grey(rng, 100, 160))
         for v in np.arange(v0 + 5, v1 - 5, 8.0):
+            if rng.random() < 0.5:
+                self.add(0, _LOW_VEGETATION, (u0 + 3, v + 3, u1 - 3, v + 5), _lawn(rng), texture=0.06)
             for u in np.arange(u0 + 4, u1 - 4, 2.7):
                 if rng.random() < 0.4:
                     self.car(u, v, along_u=False)
@@ -721,10 +840,11 @@ class _City:
 
 
 def _street_lines(rng, half):
-    """(centre, width) in metres of parallel streets, 70-120 m apart, covering [-half, half]."""
+    """(centre, width, verge) in metres of parallel streets, 70-120 m apart, covering [-half, half];
+    30% have a 1.5-3 m grass verge on each side."""
     lines, position = [], -half - rng.uniform(0, 70)
     while position < half + 70:
-        lines.append((position, rng.uniform(5, 9)))
+        lines.append((position, rng.uniform(5, 9), rng.uniform(1.5, 3) if rng.random() < 0.3 else 0.0))
         position += rng.uniform(70, 120)
     return lines
 
@@ -734,13 +854,13 @@ def _layout(rng, height, width) -> list[_Thing]:
     city = _City(rng, height, width)
     half = np.hypot(height, width) / 2 / SYNTH_PX_PER_M
     across_u, across_v = _street_lines(rng, half), _street_lines(rng, half)
-    for position, street_width in across_u:
-        city.street(position, street_width, along_u=False, length=half + 10)
-    for position, street_width in across_v:
-        city.street(position, street_width, along_u=True, length=half + 10)
-    for (ua, wa), (ub, wb) in zip(across_u, across_u[1:]):
-        for (va, wc), (vb, wd) in zip(across_v, across_v[1:]):
-            block = (ua + wa / 2 + 1.5, va + wc / 2 + 1.5, ub - wb / 2 - 1.5, vb - wd / 2 - 1.5)
+    for position, street_width, verge in across_u:
+        city.street(position, street_width, verge, along_u=False, length=half + 10)
+    for position, street_width, verge in across_v:
+        city.street(position, street_width, verge, along_u=True, length=half + 10)
+    for (ua, wa, ga), (ub, wb, gb) in zip(across_u, across_u[1:]):
+        for (va, wc, gc), (vb, wd, gd) in zip(across_v, across_v[1:]):
+            block = (ua + wa / 2 + ga + 1.5, va + wc / 2 + gc + 1.5, ub - wb / 2 - gb - 1.5, vb - wd / 2 - gd - 1.5)
             if city.visible(*block):
                 city.block(*block)
     return sorted(city.things, key=lambda thing: thing.layer)
@@ -780,6 +900,36 @@ def _shadows(metres, rng, factor=4):
     return soft[0, 0, : metres.shape[0], : metres.shape[1]].numpy()
 
 
+def _max_filter(array, radius):
+    """Maximum over the (2 radius + 1)-pixel square around each pixel (edges: over the part inside),
+    one axis at a time; on a boolean mask, a dilation."""
+    for axis in (0, 1):
+        grown = array.copy()
+        target, source = np.moveaxis(grown, axis, 0), np.moveaxis(array, axis, 0)
+        for step in range(1, radius + 1):
+            np.maximum(target[step:], source[:-step], out=target[step:])
+            np.maximum(target[:-step], source[step:], out=target[:-step])
+        array = grown
+    return array
+
+
+def _dense_matching(metres, rng):
+    """The NDSM, in metres, that dense image matching makes of the true heights: edges that wander in
+    and out by up to 0.4 m; holes (failed matches, filled in with the ground) and spikes of 2-10 m
+    (false matches), each in about 1% of the pixels; matching noise; everything smeared (Gaussian,
+    sigma 0.25 m, so a roof edge rises over about a metre); and a ground that is off by a few
+    decimetres here and there. Lawns and roads, both at 0 m, come out alike."""
+    height, width = metres.shape
+    wander = _noise(rng, height, width, cell=15) > 0
+    metres = np.where(wander, _max_filter(metres, 4), -_max_filter(-metres, 4))
+    faults = _noise(rng, height, width, cell=14)
+    metres = np.where(faults < -2, 0, metres) + np.where(faults > 2.2, 2 + 10 * (faults - 2.2), 0)
+    metres += 0.3 * rng.standard_normal(metres.shape, dtype=np.float32)  # white, correlated by the smear
+    # smeared as uint8 (PIL's blur is fast) 1 m up, so that noise below the ground is not clipped before it
+    smeared = Image.fromarray(_metres_to_uint8(metres + 1)).filter(ImageFilter.GaussianBlur(2.5))
+    return np.asarray(smeared, np.float32) / NDSM_LEVELS_PER_METRE - 1 + 0.3 * _noise(rng, height, width, cell=150)
+
+
 def _render(things, rng, height, width):
     """Rasterise the objects: (H, W, 3) uint8 IRRG, (H, W) uint8 NDSM, (H, W) uint8 label."""
     image = Image.new("I", (width, height), 0)  # object index per pixel; 0 is the lawn underneath everything
@@ -787,20 +937,22 @@ def _render(things, rng, height, width):
     for index, thing in enumerate(things, start=1):
         (draw.ellipse if thing.shape == _DOME else draw.polygon)(thing.outline, fill=index)
     ids = np.asarray(image)
-    lawn = _Thing(0, _LOW_VEGETATION, [], (rng.uniform(165, 215), rng.uniform(85, 115), rng.uniform(95, 125)))
+    lawn = _Thing(0, _LOW_VEGETATION, [], _lawn(rng))
     table = {field: np.array([getattr(thing, field) for thing in (lawn, *things)], np.float32)
-             for field in ("cls", "shape", "colour", "top", "eave", "centre", "normal", "half", "texture")}
+             for field in ("cls", "shape", "colour", "top", "eave", "centre", "normal", "half", "texture", "matched")}
 
     label, metres = table["cls"].astype(np.uint8)[ids], table["top"][ids]
-    shade = 1 + table["texture"][ids] * _noise(rng, height, width, cell=5)
+    grain = _noise(rng, height, width, cell=5)
+    shade = 1 + table["texture"][ids] * grain
     shade += (ids == 0) * 0.1 * _noise(rng, height, width, cell=40)  # lawns are mowed, trodden, dried in patches
-    metres += (label == _LOW_VEGETATION) * 0.15 * (1 + _noise(rng, height, width, cell=8))  # grass and shrubs
+    leafy = (metres > 0) & ((label == _TREE) | (label == _LOW_VEGETATION))
+    metres += leafy * 0.1 * metres * grain  # leaf clumps: bright and high
     shape = table["shape"][ids]
-    ys, xs = np.nonzero(shape == _DOME)  # tree crowns: highest and brightest in the middle, leafy in height too
+    ys, xs = np.nonzero(shape == _DOME)  # crowns and bushes: highest and brightest in the middle
     obj = ids[ys, xs]
     distance = np.hypot(xs - table["centre"][obj, 0], ys - table["centre"][obj, 1]) / table["half"][obj]
     profile = np.sqrt(np.clip(1 - distance**2, 0, 1))
-    metres[ys, xs] = table["top"][obj] * (0.6 + 0.4 * profile) + 0.8 * _noise(rng, height, width, cell=5)[ys, xs]
+    metres[ys, xs] *= 0.6 + 0.4 * profile
     shade[ys, xs] *= 0.8 + 0.2 * profile
     ys, xs = np.nonzero(shape == _GABLE)  # gable roofs: height falls linearly from the ridge, faces lit differently
     obj = ids[ys, xs]
@@ -809,24 +961,12 @@ def _render(things, rng, height, width):
     metres[ys, xs] = top - (top - eave) * np.clip(np.abs(across) / table["half"][obj], 0, 1)
     shade[ys, xs] *= np.where(across > 0, 1.12, 0.88)
 
-    colour = table["colour"][ids] * (shade * (1 - 0.55 * _shadows(metres, rng)))[..., None]
+    shadow = _shadows(metres, rng)[..., None]
+    colour = table["colour"][ids] * shade[..., None] * (1 - shadow * (1 - _SHADOW_LIGHT))
     colour += 3 * rng.standard_normal(colour.shape, dtype=np.float32)  # sensor noise
     rgir = Image.fromarray(np.clip(colour, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
-    metres += 0.15 * rng.standard_normal(metres.shape, dtype=np.float32)  # matching noise of the DSM
-    ndsm = Image.fromarray(_metres_to_uint8(metres)).filter(ImageFilter.GaussianBlur(1.0))
-    return np.array(rgir), np.array(ndsm), label
-
-
-def _dilate(mask, radius):
-    """Binary dilation by a (2 radius + 1)-pixel square, one axis at a time."""
-    for axis in (0, 1):
-        grown = mask.copy()
-        target, source = np.moveaxis(grown, axis, 0), np.moveaxis(mask, axis, 0)
-        for step in range(1, radius + 1):
-            target[step:] |= source[:-step]
-            target[:-step] |= source[step:]
-        mask = grown
-    return mask
+    ndsm = _metres_to_uint8(_dense_matching(metres * table["matched"][ids], rng))
+    return np.array(rgir), ndsm, label
 
 
 def _erode_boundaries(label):
@@ -837,7 +977,7 @@ def _erode_boundaries(label):
     border[:, :-1] |= across_x
     border[1:] |= across_y
     border[:-1] |= across_y
-    return np.where(_dilate(border, BOUNDARY_RADIUS - 1), np.uint8(IGNORE_INDEX), label)
+    return np.where(_max_filter(border, BOUNDARY_RADIUS - 1), np.uint8(IGNORE_INDEX), label)
 
 
 def _synthetic_names(dataset, count):
@@ -879,6 +1019,130 @@ def synthesize(out_dir, dataset="vaihingen", tiles=6, size=1024, seed=0) -> None
         Image.fromarray(ndsm).save(path["ndsm"], quality=95)
 
 
+
+# ---- Probe: what each modality tells about each class, without deep training -----------------
+
+# A per-pixel classifier on hand-crafted local features of one modality or both: each band, and its
+# mean and standard deviation over square windows of these sizes (0.3-8 m at 0.1 m per pixel:
+# texture, objects, their surroundings). A multilayer perceptron with one small hidden layer rather
+# than a logistic regression: a linear model cannot combine colour with texture (grey and rough is a
+# roof, grey and smooth a road), so it takes most grey roofs for roads, which networks do not. It is
+# fitted in seconds, so the generator can be tuned with it (docs/synthetic_benchmark.md); a network
+# also sees shapes and context, so the probe ranks modalities and classes rather than predicting scores.
+PROBE_WINDOWS = (3, 9, 27, 81)
+PROBE_INPUTS = {"IRRG+NDSM": [0, 1, 2, 3], "IRRG only": [0, 1, 2], "NDSM only": [3]}  # bands of probe_features
+PROBE_HIDDEN = 32
+PROBE_DECAY = 1e-4  # a little weight decay: with both modalities the classes are nearly separable
+
+
+def _box_mean(x, size):
+    """Mean over size x size windows of a (C, H, W) tensor, edges repeated: differences of cumulative
+    sums (in float64, exact enough for variances), so the cost does not grow with the window."""
+    r = size // 2
+    x = F.pad(x[None], (r, r, r, r), mode="replicate")[0].double()
+    for dim in (1, 2):
+        total = F.pad(x.cumsum(dim), (0, 0, 1, 0) if dim == 1 else (1, 0))
+        x = (total.narrow(dim, size, total.shape[dim] - size) - total.narrow(dim, 0, total.shape[dim] - size)) / size
+    return x
+
+
+def probe_features(tile: Tile) -> torch.Tensor:
+    """(4, F, H, W) float32 features per band (IR, R, G, NDSM): the band in [0, 1], and its mean and
+    standard deviation over each of PROBE_WINDOWS."""
+    x = torch.cat([torch.from_numpy(tile.rgir).permute(2, 0, 1), torch.from_numpy(tile.ndsm)[None]]).double() / 255
+    features = [x]
+    for size in PROBE_WINDOWS:
+        mean = _box_mean(x, size)
+        features += [mean, (_box_mean(x * x, size) - mean * mean).clamp(min=0).sqrt()]
+    return torch.stack(features, 1).float()
+
+
+def probe(train: list[Tile], test: list[Tile], pixels=50_000, seed=0) -> dict:
+    """For each entry of PROBE_INPUTS, fit the probe on `pixels` random pixels of the training tiles
+    (full-batch L-BFGS; class weights w_c = median frequency / f_c, as in training) and score it on
+    every pixel of the test tiles: {inputs: {class: F1 in % or None}}. Deterministic given the seed."""
+    generator = torch.Generator().manual_seed(seed)
+    areas = np.array([tile.label.size for tile in train])
+    samples, labels = [], []
+    for tile, count in zip(train, np.floor(pixels * areas / areas.sum()).astype(int)):
+        chosen = torch.randint(tile.label.size, (count,), generator=generator)
+        samples.append(probe_features(tile).flatten(2)[..., chosen])  # (4, F, count)
+        labels.append(torch.from_numpy(tile.label.ravel().astype(np.int64))[chosen])
+    x, y = torch.cat(samples, 2), torch.cat(labels)
+    mean, std = x.mean(2, keepdim=True), x.std(2, keepdim=True) + 1e-6
+    x = (x - mean) / std
+    frequencies = torch.bincount(y, minlength=len(CLASSES)).float()
+    weights = torch.where(frequencies > 0, frequencies[frequencies > 0].median() / frequencies, 0)
+    models = {}
+    for name, bands in PROBE_INPUTS.items():
+        inputs = x[bands].flatten(0, 1).T.contiguous()  # (pixels, features)
+        with torch.random.fork_rng():  # the initial weights from the seed, leaving the global generator alone
+            torch.manual_seed(seed)
+            model = models[name] = torch.nn.Sequential(torch.nn.Linear(inputs.shape[1], PROBE_HIDDEN), torch.nn.ReLU(),
+                                                       torch.nn.Linear(PROBE_HIDDEN, len(CLASSES)))
+        optimizer = torch.optim.LBFGS(model.parameters(), max_iter=150, history_size=20, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            decay = PROBE_DECAY * sum(layer.weight.pow(2).sum() for layer in model[::2])
+            loss = F.cross_entropy(model(inputs), y, weight=weights) + decay
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+    confusion = {name: torch.zeros(len(CLASSES) ** 2, dtype=torch.int64) for name in PROBE_INPUTS}
+    with torch.no_grad():
+        for tile in test:
+            features = (probe_features(tile).flatten(2) - mean) / std  # (4, F, H*W)
+            label = torch.from_numpy(tile.label.ravel().astype(np.int64))
+            for name, bands in PROBE_INPUTS.items():
+                predicted = models[name](features[bands].flatten(0, 1).T).argmax(1)
+                confusion[name] += torch.bincount(label * len(CLASSES) + predicted, minlength=len(CLASSES) ** 2)
+    results = {}
+    for name, counts in confusion.items():
+        counts = counts.view(len(CLASSES), len(CLASSES)).double()  # rows: reference, columns: predicted
+        f1 = 200 * counts.diag() / (counts.sum(0) + counts.sum(1))
+        results[name] = {c: None if f.isnan() else float(f) for c, f in zip(CLASSES, f1)}
+    return results
+
+
+def ndsm_threshold_accuracy(tiles: list[Tile], cls: int, other: int) -> float:
+    """Balanced accuracy of the best single threshold on the 9 x 9-pixel mean of the NDSM that tells
+    class `cls` from class `other`: 0.5 means the smoothed height says nothing, 1 that it says all."""
+    levels = 9 * 9 * 255 + 1  # the 9 x 9 sums of uint8 values are integers: count them exactly
+    counts = np.zeros((2, levels))
+    for tile in tiles:
+        sums = np.rint(81 * _box_mean(torch.from_numpy(tile.ndsm)[None].float(), 9)[0].numpy()).astype(np.int64)
+        for row, c in enumerate((cls, other)):
+            counts[row] += np.bincount(sums[tile.label == c], minlength=levels)
+    if not counts.sum(1).all():
+        return float("nan")
+    below = np.cumsum(counts, 1) / counts.sum(1, keepdims=True)  # share of each class at or below each level
+    # a threshold right of each level: "cls below, other above" is right for (below_cls + 1 - below_other) / 2
+    # of each class on average; "cls above" for one minus that
+    accuracy = 0.5 * (below[0] + 1 - below[1])
+    return float(max(accuracy.max(), 1 - accuracy.min()))
+
+
+def _print_probe(root, dataset, pixels, seed):
+    train, test = load_split(root, "train", dataset), load_split(root, "test", dataset)
+    start = time.perf_counter()
+    results = probe(train, test, pixels, seed)
+    names = ("imp. surface", "building", "low veg.", "tree", "car")
+    print(f"probe F1 (%) on {len(test)} test tiles, fitted on {pixels} pixels of {len(train)} training tiles")
+    print(f"{'inputs':<11}" + "".join(f"{name:>13}" for name in names) + f"{'mF1':>8}")
+    for inputs, f1 in results.items():
+        scores = [f1[c] for c in CLASSES[:5]]
+        cells = "".join(f"{'-' if s is None else f'{s:.1f}':>13}" for s in scores)
+        print(f"{inputs:<11}{cells}{np.nanmean([np.nan if s is None else s for s in scores]):>8.1f}")
+    tiles = train + test
+    print("one threshold on the 9 x 9 mean NDSM, balanced accuracy: "
+          f"low veg. vs imp. surface {ndsm_threshold_accuracy(tiles, _LOW_VEGETATION, _IMPERVIOUS):.3f}, "
+          f"car vs imp. surface {ndsm_threshold_accuracy(tiles, _CAR, _IMPERVIOUS):.3f}, "
+          f"tree vs building {ndsm_threshold_accuracy(tiles, _TREE, _BUILDING):.3f} "
+          f"({time.perf_counter() - start:.0f} s)")
+
+
 # ---- Command line ---------------------------------------------------------------------------
 
 
@@ -913,7 +1177,7 @@ def _print_stats(root, dataset):
 
 
 def main(argv=None):
-    parser = ArgumentParser(description="ISPRS Vaihingen/Potsdam data for DIS2: synthetic scenes, statistics.")
+    parser = ArgumentParser(description="ISPRS Vaihingen/Potsdam data for DIS2: synthetic scenes, statistics, probe.")
     commands = parser.add_subparsers(dest="command", required=True)
     synth = commands.add_parser("synth", help="write synthetic tiles in the ISPRS layout")
     synth.add_argument("out_dir", type=Path)
@@ -924,12 +1188,28 @@ def main(argv=None):
     stats = commands.add_parser("stats", help="print tiles, sizes and class frequencies per split")
     stats.add_argument("data_dir", type=Path)
     stats.add_argument("--dataset", choices=DATASETS, help="default: detected from the file names")
+    probe_help = "print what each modality tells about each class: F1 of a per-pixel probe, NDSM thresholds"
+    probe = commands.add_parser("probe", help=probe_help, description=(
+        f"{probe_help}. The probe is a per-pixel classifier (a multilayer perceptron with {PROBE_HIDDEN} hidden "
+        "units) on hand-crafted local features of the IRRG, the NDSM or both: each band, its mean and standard "
+        f"deviation over {', '.join(map(str, PROBE_WINDOWS))} px windows. It is fitted on random pixels of the "
+        "train tiles with median-frequency class weights, as in training, and scored on every pixel of the "
+        "test tiles against the full labels. It takes seconds, which makes it the statistic for calibrating "
+        "the synthetic scenes (docs/synthetic_benchmark.md); a network also sees shapes and context. Also "
+        "printed: the balanced accuracy of the best single threshold on the 9 x 9 px mean NDSM (train and test "
+        "tiles) for three pairs of classes: 0.5 means the height alone says nothing."))
+    probe.add_argument("data_dir", type=Path)
+    probe.add_argument("--dataset", choices=DATASETS, help="default: detected from the file names")
+    probe.add_argument("--pixels", type=positive_int, default=50_000, help="training pixels (default 50000)")
+    probe.add_argument("--seed", type=int, default=0, help="of the training pixels and the initial weights")
     args = parser.parse_args(argv)
     if args.command == "synth":
         start = time.perf_counter()
         synthesize(args.out_dir, args.dataset, args.tiles, args.size, args.seed)
         print(f"wrote {args.tiles} synthetic {args.dataset} tiles to {args.out_dir} "
               f"in {time.perf_counter() - start:.1f} s")
+    elif args.command == "probe":
+        _print_probe(args.data_dir, args.dataset, args.pixels, args.seed)
     else:
         _print_stats(args.data_dir, args.dataset)
 

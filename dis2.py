@@ -368,12 +368,12 @@ class DIS2Config:
     rgir_channels: int = 3  # IR, R, G
     ndsm_channels: int = 1
     width: int = 32  # encoder channels at level 1, doubled per level (the authors' width)
-    embed_dim: int = 256  # transformer fusion (Eq. 8)
+    embed_dim: int | None = None  # transformer fusion (Eq. 8); default 8 x width (256, the authors')
     heads: int = 8
     depth: int = 2
     mlp_ratio: int = 4
     pos_size: int = 512  # positional embeddings are sized for this patch and interpolated otherwise
-    class_width: int = 16  # channels of each class's decoder D_k (Eq. 11)
+    class_width: int | None = None  # channels of each class's decoder D_k (Eq. 11); default width / 2 (16)
     z_channels: int | None = None  # channels of Z (Eq. 12); default: width
     classwise: bool = True  # CW: classwise attention and per-class decoder (Eq. 9-12)
     dlkd: bool = True  # DLKD: Supplement encoders, orthogonal and distillation losses (Eq. 1-6)
@@ -387,6 +387,9 @@ class DIS2Config:
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         self.widths = tuple(self.width * 2**i for i in range(LEVELS))
+        # --width scales the whole model: the defaults of the other sizes follow it.
+        self.embed_dim = self.embed_dim or 8 * self.width
+        self.class_width = self.class_width or max(self.width // 2, 1)
         self.z_channels = self.z_channels or self.width
 
 

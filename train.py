@@ -45,30 +45,45 @@ import evaluate
 from data import DataError
 from dis2 import ABLATIONS, DIS2, DIS2Config, LAYOUTS, SCENARIOS
 from evaluate import (
+    AMP_HELP,
     BENCHMARK_WARMUP,
+    CHANNELS_LAST_HELP,
     CHECKPOINT_FORMAT,
+    PRECISIONS,
     autocast_dtype,
     check_patch,
     config_dict,
+    count_flops,
     evaluate_tiles,
     latest_checkpoint,
     load_checkpoint,
     measure,
     model_from_checkpoint,
+    precision,
     report_benchmark,
     resolve_device,
+    use_channels_last,
     writable_dir,
 )
 from losses import TERMS, dis2_loss, median_frequency_weights
 
 # Flags a resumed run may change; every other setting comes from the checkpoint.
-RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "compile")
+RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "compile", "amp", "channels_last")
 # Defaults of the flags that set the budget: ordinary training (the paper's sizes),
-# and the reproduction (--reproduce) within two hours on 2 CPU cores or, with --full, on a GPU.
+# and the reproduction (--reproduce): every run of REPRODUCTION within 4 hours on 2 CPU cores or, with --full, on a GPU.
 BUDGETS = {
     "train": dict(epochs=100, batch_size=8, patch=512, samples_per_epoch=2000, width=32),
-    "reproduce": dict(epochs=25, batch_size=8, patch=128, samples_per_epoch=512, width=16),
+    "reproduce": dict(epochs=20, batch_size=8, patch=128, samples_per_epoch=800, width=16),
     "reproduce-full": dict(epochs=100, batch_size=8, patch=512, samples_per_epoch=2000, width=32),
+}
+# The reproduction's runs: the four variants of Table 2 and DIS2 in the authors' per-scenario
+# layout, each with its number of seeds (3 where a claim needs the spread over seeds).
+REPRODUCTION = {
+    "hf": dict(ablation="hf", layout="shared", seeds=3),
+    "hf+cw": dict(ablation="hf+cw", layout="shared", seeds=1),
+    "hf+dlkd": dict(ablation="hf+dlkd", layout="shared", seeds=1),
+    "dis2": dict(ablation="dis2", layout="shared", seeds=3),
+    "dis2-per-scenario": dict(ablation="dis2", layout="per-scenario", seeds=3),
 }
 # The synthetic benchmark of the reproduction (Vaihingen layout): tiles, tile side, generator seed.
 SYNTHETIC_BENCHMARKS = {
@@ -89,7 +104,8 @@ def parse_args(argv=None):
                    help="adamw: AdamW, warm-up and cosine decay; sgd: the authors' SGD (Nesterov momentum 0.99, "
                         "cosine warm restarts every 15 steps)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
-    p.add_argument("--width", type=data.positive_int, help="encoder channels at level 1 (default: the paper's 32)")
+    p.add_argument("--width", type=data.positive_int, help="encoder channels at level 1; the transformer (8 x width) and the per-class decoders (width / 2) "
+                        "follow it (default: the paper's 32)")
     p.add_argument("--ablation", choices=tuple(ABLATIONS), default="dis2", help="the variant of Table 2")
     p.add_argument("--layout", choices=LAYOUTS, default="shared",
                    help="shared: one fusion, classwise attention and decoder for all scenarios; "
@@ -100,25 +116,41 @@ def parse_args(argv=None):
     p.add_argument("--resume", nargs="?", const="latest", metavar="PATH",
                    help="continue a run: its directory or checkpoint (default: the latest run under runs/)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with CUDA)")
+    p.add_argument("--amp", choices=tuple(PRECISIONS), help=AMP_HELP)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help=CHANNELS_LAST_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, help="data loader processes (default: 4 with CUDA, 0 on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--benchmark", action="store_true",
-                   help="time training steps on random inputs at --patch/--batch-size/--device and exit")
+                   help="check one training step and one evaluation window in each precision, then time "
+                        "training steps on random inputs at --patch/--batch-size/--device, count their GFLOP "
+                        "and exit (docs/speed.md)")
     p.add_argument("--repeats", type=data.positive_int, default=5, help="timed steps of --benchmark")
     p.add_argument("--reproduce", metavar="DIR",
-                   help="train the four variants of Table 2, evaluate them and write DIR/tables.md and the figures "
-                        "(on the synthetic benchmark, or on --data); budget: see README")
+                   help="train the runs of the reproduction (Table 2's variants and DIS2 in the authors' layout, "
+                        "over seeds), score them and write DIR/tables.md and the figures (on the synthetic "
+                        "benchmark, or on --data); the same command resumes; see docs/reproduction.md")
     p.add_argument("--full", action="store_true", help="with --reproduce: the paper's sizes, for a GPU")
+    p.add_argument("--variants", type=variant_list,
+                   help=f"with --reproduce: the runs to train, comma-separated (default: all of {','.join(REPRODUCTION)})")
+    p.add_argument("--seeds", type=data.positive_int,
+                   help="with --reproduce: seeds per variant (default: 3 for hf, dis2 and dis2-per-scenario, 1 for the others)")
     args = p.parse_args(argv)
-    if args.full and not args.reproduce:
-        raise DataError("--full only applies to --reproduce DIR")
+    if (args.full or args.seeds or args.variants) and not args.reproduce:
+        raise DataError("--full, --variants and --seeds only apply to --reproduce DIR")
     if not 0 <= args.p_missing_rgir <= 1:
         raise DataError(f"--p-missing-rgir {args.p_missing_rgir}: must be a probability in [0, 1]")
     if args.patch is not None:
         check_patch(args.patch)
     return args
+
+
+def variant_list(text):
+    variants = [v for v in text.split(",") if v]
+    unknown = [v for v in variants if v not in REPRODUCTION]
+    if unknown or not variants:
+        raise argparse.ArgumentTypeError(f"{text!r}: give names from {', '.join(REPRODUCTION)}, comma-separated")
+    return variants
 
 
 def budget_name(args):
@@ -245,7 +277,8 @@ def prepare(argv):
         path = resume_checkpoint(args.resume)
         checkpoint = load_checkpoint(path)
         given = {k: getattr(args, k) for k in RESUMABLE_OVERRIDES if getattr(args, k) is not None}
-        args = argparse.Namespace(**{**checkpoint["train_args"], **given, "resume": str(path)})
+        # Flags newer than the checkpoint take their defaults.
+        args = argparse.Namespace(**{**vars(args), **checkpoint["train_args"], **given, "resume": str(path)})
         args.out = str(path.parent)
     else:
         if not args.data and not args.benchmark and not args.reproduce:
@@ -257,6 +290,9 @@ def prepare(argv):
 def main(argv=None):
     args, checkpoint = prepare(argv)
     device = resolve_device(args.device)
+    # Resolved for this device and stored so in the checkpoint: a resumed run keeps them unless overridden.
+    args.amp = precision(device, args.amp)
+    args.channels_last = use_channels_last(device, args.channels_last)
     amp_dtype = autocast_dtype(device, args.amp)
     if args.benchmark:
         return benchmark(args, device, amp_dtype)
@@ -305,13 +341,14 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
         net.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint["scaler"]:  # empty unless the run so far was fp16; switching to fp16 starts a fresh scale
+            scaler.load_state_dict(checkpoint["scaler"])
         set_rng_states(checkpoint["rng"])
         state = checkpoint["state"]
         if state["epoch"] >= args.epochs:
             raise DataError(f"{args.resume}: the run already finished {state['epoch']} epochs; pass --epochs N with a larger N to go on")
         log(f"resuming {out} at epoch {state['epoch'] + 1}, step {state['step_in_epoch']} of {steps_per_epoch}")
-    model = wrap_model(net, device, world, args.compile)
+    model = wrap_model(net, device, world, args.compile, args.channels_last)
 
     def checkpoint_state():
         return dict(
@@ -356,7 +393,7 @@ def validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, am
     # Windows without overlap: half the cost of the test-time quarter overlap, and
     # model selection compares epochs with each other, not with the paper.
     results, _ = evaluate_tiles(net, val_tiles, list(SCENARIOS), args.patch, 0,
-                                args.batch_size, device, amp_dtype, progress=False)
+                                args.batch_size, device, amp_dtype, progress=False, channels_last=args.channels_last)
     net.train()
     score = float(np.mean([r["mF1"] or 0.0 for r in results.values()]))
     return epoch_row(state, scheduler, results, score, steps_per_epoch)
@@ -407,7 +444,7 @@ def train_epoch(model, optimizer, scheduler, scaler, patches, class_weights, arg
     for rgir, ndsm, label in bar:
         missing = missing_modality(args.seed, state["global_step"], args.p_missing_rgir)
         rgir, ndsm, label = (x.to(device, non_blocking=True) for x in (rgir, ndsm, label))
-        if device.type == "cuda":
+        if args.channels_last:
             rgir, ndsm = (x.contiguous(memory_format=torch.channels_last) for x in (rgir, ndsm))
         terms, stopping = train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label, missing, class_weights,
                                      amp_dtype, world, stop)
@@ -501,13 +538,13 @@ def synchronise_batch_norm(module):
     return module
 
 
-def wrap_model(net, device, world, compile_model=False):
-    """What the training loop calls: `net` in channels-last memory on CUDA,
-    optionally compiled, and under DistributedDataParallel with synchronised
-    batch norm when several processes train. `net` itself keeps its plain
-    state dict for checkpoints."""
+def wrap_model(net, device, world, compile_model=False, channels_last=None):
+    """What the training loop calls: `net` in channels-last memory (default:
+    on CUDA only, see evaluate.use_channels_last), optionally compiled, and
+    under DistributedDataParallel with synchronised batch norm when several
+    processes train. `net` itself keeps its plain state dict for checkpoints."""
     model = net
-    if device.type == "cuda":
+    if use_channels_last(device, channels_last):
         model = model.to(memory_format=torch.channels_last)
     if world > 1:
         # Each step leaves one Supplement encoder (that of the missing modality) unused.
@@ -523,24 +560,86 @@ def wrap_model(net, device, world, compile_model=False):
 
 
 def benchmark(args, device, amp_dtype):
-    """Training steps on random inputs: full plus one missing scenario, every
-    term of Eq. 14, backward and optimiser step, as training runs them."""
-    torch.manual_seed(args.seed)
+    """Runs self_check, then times training steps on random inputs: full plus
+    one missing scenario, every term of Eq. 14, backward and optimiser step,
+    as training runs them. Exits with status 1 when the self-check failed."""
     config = DIS2Config(width=args.width, pos_size=args.patch, layout=args.layout, **ABLATIONS[args.ablation])
+    checked = self_check(config, args, device)
+    failed = [name for name, outcome in checked.items() if outcome != "ok"]
+    if args.amp in failed:
+        sys.exit(1)  # the self-check's line says what failed; the timing would fail the same way
+    torch.manual_seed(args.seed)
     net = DIS2(config).to(device)
-    model = wrap_model(net, device, 1, args.compile)
+    model = wrap_model(net, device, 1, args.compile, args.channels_last)
     optimizer, scheduler = make_optimizer(net, args, steps_per_epoch=args.repeats + BENCHMARK_WARMUP)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    B, p, K = args.batch_size, args.patch, config.num_classes
-    rgir, ndsm = torch.randn(B, 3, p, p, device=device), torch.randn(B, 1, p, p, device=device)
-    if device.type == "cuda":
-        rgir, ndsm = (x.contiguous(memory_format=torch.channels_last) for x in (rgir, ndsm))
-    label = torch.randint(0, K, (B, p, p), device=device)
-    class_weights = torch.ones(K, device=device)
+    rgir, ndsm, label = random_batch(args.batch_size, args.patch, config, device, args.channels_last)
+    class_weights = torch.ones(config.num_classes, device=device)
     steps = iter(range(10**9))
-    step = lambda: train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label,
-                              ("rgir", "ndsm")[next(steps) % 2], class_weights, amp_dtype)
-    report_benchmark("training step", measure(step, B, device, BENCHMARK_WARMUP, args.repeats), args, device, amp_dtype)
+
+    def step(model=model):
+        return train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label, ("rgir", "ndsm")[next(steps) % 2],
+                          class_weights, amp_dtype)
+
+    flops = count_flops(lambda: step(net))  # net, not model: a compiled graph hides its operations from the counter
+    result = measure(step, args.batch_size, device, BENCHMARK_WARMUP, args.repeats)
+    report_benchmark("training step", result, flops, args, device, amp_dtype, self_check=checked)
+    if failed:
+        sys.exit(1)
+
+
+def random_batch(batch_size, patch, config, device, channels_last):
+    """Random inputs and labels of the model's shapes, for the benchmark and the self-check."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    rgir = torch.randn(batch_size, config.rgir_channels, patch, patch, device=device).contiguous(memory_format=memory_format)
+    ndsm = torch.randn(batch_size, config.ndsm_channels, patch, patch, device=device).contiguous(memory_format=memory_format)
+    return rgir, ndsm, torch.randint(0, config.num_classes, (batch_size, patch, patch), device=device)
+
+
+def self_check(config, args, device):
+    """One training step and one evaluation window (the three scenarios, scored
+    as validation scores them) in each precision, with this command's model,
+    channels-last and compile settings, on inputs of at most 64x64 pixels:
+    the code paths are checked, not the sizes (fp16 is slow on CPU). On a new GPU this
+    finds what a long run would otherwise meet in its first step or its first
+    validation. Prints one line; returns precision -> "ok" or what failed."""
+    window, outcome = min(args.patch, 64), {}
+    for name in PRECISIONS:
+        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            continue  # --amp refuses it on such a GPU
+        amp_dtype, stage = autocast_dtype(device, name), "training step"
+        try:
+            torch.manual_seed(args.seed)
+            net = DIS2(config).to(device)
+            model = wrap_model(net, device, 1, args.compile, args.channels_last)
+            optimizer = torch.optim.AdamW(net.parameters())
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+            scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+            rgir, ndsm, label = random_batch(2, window, config, device, args.channels_last)
+            class_weights = torch.ones(config.num_classes, device=device)
+            train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label, "rgir", class_weights, amp_dtype)
+            if not all(torch.isfinite(p).all() for p in net.parameters()):
+                raise NonFiniteLoss("non-finite weights after the step")
+            stage = "evaluation window"
+            rng = np.random.default_rng(args.seed)
+            tile = data.Tile("self-check", rng.integers(0, 256, (window, window, 3), np.uint8),
+                             rng.integers(0, 256, (window, window), np.uint8),
+                             rng.integers(0, config.num_classes, (window, window), np.uint8), None)
+            evaluate_tiles(model, [tile], list(SCENARIOS), window, 0, 1, device, amp_dtype, progress=False,
+                           channels_last=args.channels_last)
+            outcome[name] = "ok"
+        except Exception as e:  # what failed, and where, is the answer of the check
+            outcome[name] = f"{stage}: {type(e).__name__}: {next(iter(str(e).strip().splitlines()), '')}"
+    settings = f"{'channels-last' if args.channels_last else 'contiguous memory'}, {'compiled' if args.compile else 'eager'}"
+    works = [name for name, result in outcome.items() if result == "ok"]
+    failures = [f"--amp {name}: {result}" for name, result in outcome.items() if result != "ok"]
+    line = f"self-check on {device.type} ({settings}): "
+    if failures:
+        line += "FAILED " + "; ".join(failures) + (f"; works with --amp {', '.join(works)}" if works else "")
+    else:
+        line += f"one training step and one evaluation window work with --amp {', '.join(works)}"
+    print(line)
+    return outcome
 
 
 # -----------------------------------------------------------------------------
@@ -548,58 +647,111 @@ def benchmark(args, device, amp_dtype):
 
 
 def reproduce(args, device, amp_dtype):
-    """Trains the four variants of Table 2 with the same budget and seed,
-    scores them on the test tiles in the three scenarios and writes
-    DIR/tables.md, DIR/results.json and the figures. Without --data it first
-    writes the synthetic benchmark (SYNTHETIC_BENCHMARKS) to DIR/data. Runs
-    already in DIR/runs are resumed or reused, so an interrupted reproduction
-    goes on where it stopped."""
-    start = time.perf_counter()
+    """Trains every variant of REPRODUCTION with its seeds at one budget,
+    scores each run on the test tiles in the three scenarios and writes
+    DIR/tables.md (means and spreads over seeds, paired differences against
+    HF, the claims), DIR/results.json and the figures. Without --data it
+    first writes the synthetic benchmark (SYNTHETIC_BENCHMARKS) to DIR/data.
+    Runs go seed by seed (every variant's first seed, then the second, ...);
+    finished runs are reused and a stopped run resumes, so the same command
+    continues an interrupted reproduction, in as many parts as it takes."""
     out = writable_dir(args.reproduce, "--reproduce")
     mode = budget_name(args)
     data_dir = Path(args.data) if args.data else out / "data"
     if not args.data and not data_dir.exists():
         data.synthesize(data_dir, "vaihingen", **SYNTHETIC_BENCHMARKS[mode])
-    for variant in ABLATIONS:
-        run = out / "runs" / variant
-        checkpoint = load_checkpoint(run / "last.pt") if (run / "last.pt").exists() else None
-        if checkpoint and checkpoint["state"]["epoch"] >= args.epochs:
-            print(f"{variant}: trained already ({run})")
-            continue
-        run_args = argparse.Namespace(**{**vars(args), "ablation": variant, "out": str(run), "data": str(data_dir),
-                                         "reproduce": None, "full": False, "resume": str(run / "last.pt") if checkpoint else None})
-        if not train(run_args, checkpoint, device, amp_dtype, rank=0, world=1):
-            return  # stopped by Ctrl-C or SIGTERM; the same command resumes
+    variants = args.variants or list(REPRODUCTION)
+    seeds = {v: [args.seed + k for k in range(args.seeds or REPRODUCTION[v]["seeds"])] for v in variants}
+    for k in range(max(len(s) for s in seeds.values())):
+        for variant in variants:
+            if k < len(seeds[variant]) and not reproduce_run(args, variant, seeds[variant][k], out, data_dir, device, amp_dtype):
+                return  # stopped by Ctrl-C or SIGTERM; the same command resumes
 
+    runs = {v: {seed: out / "runs" / v / f"seed{seed}" for seed in seeds[v]} for v in variants}
+    results = {v: {seed: json.loads((run / "test.json").read_text()) for seed, run in rs.items()} for v, rs in runs.items()}
+    curves = {v: {seed: training_curve(run / "metrics.csv") for seed, run in rs.items()} for v, rs in runs.items()}
+    training = {v: {seed: loss_flattening(curve) for seed, curve in cs.items()} for v, cs in curves.items()}
+    hours = sum(r["train_seconds"] + r["evaluate_seconds"] for rs in results.values() for r in rs.values()) / 3600
     test_tiles = data.load_split(data_dir, "test", args.dataset)
-    results, distances, models = {}, {}, {}
-    for variant in ABLATIONS:
-        models[variant] = model_from_checkpoint(load_checkpoint(out / "runs" / variant / "best.pt"), device)
-        save_dir = writable_dir(out / "predictions" / variant, "--reproduce")
-        results[variant], distances[variant] = evaluate_tiles(
-            models[variant], test_tiles, list(SCENARIOS), args.patch, args.patch // 4, args.batch_size, device,
-            amp_dtype, feature_distance=True, save_dir=save_dir)
-
-    minutes = (time.perf_counter() - start) / 60
     source = f"the data in {args.data}" if args.data else (
         "the synthetic benchmark `data.synthesize(DIR, 'vaihingen', " +
         ", ".join(f"{k}={v}" for k, v in SYNTHETIC_BENCHMARKS[mode].items()) + ")`")
     budget = ", ".join(f"{k.replace('_', '-')} {getattr(args, k)}" for k in BUDGETS[mode])
-    title = (f"DIS2 reproduction on {source}, {len(test_tiles)} test tiles; budget per variant: {budget}, "
-             f"seed {args.seed}; {device}; {minutes:.0f} min for this command")
-    (out / "tables.md").write_text(evaluate.tables_markdown(results, distances, title))
-    (out / "results.json").write_text(json.dumps(dict(
-        title=title, scores=results,
-        feature_distance={v: evaluate.distances_by_name(ds) for v, ds in distances.items()}), indent=2))
-
-    figure_tiles = test_tiles[:3]
-    predictions = {v: {s: {t.name: data.rgb_to_labels(np.asarray(Image.open(out / "predictions" / v / f"{t.name}_{s}.png")))
-                           for t in figure_tiles} for s in SCENARIOS} for v in ("hf", "dis2")}
-    evaluate.figure_predictions(figure_tiles, predictions, out / "figure3_predictions.png")
-    evaluate.figure_attention(models["dis2"], test_tiles[0], args.patch, device, out / "figure6_attention.png")
-    evaluate.figure_queries(models["dis2"], test_tiles[0], args.patch, device, out / "figure4_queries.png")
+    title = (f"DIS2 reproduction on {source}, {len(test_tiles)} test tiles; budget per run: {budget}; "
+             f"seeds from {args.seed}; {device}; {hours:.1f} h of training and evaluation in all")
+    (out / "tables.md").write_text(evaluate.tables_markdown(results, training, title))
+    (out / "results.json").write_text(json.dumps(dict(title=title, runs=results, training_curves=curves), indent=2))
+    reproduction_figures(out, seeds, test_tiles, curves)
     print((out / "tables.md").read_text())
     print(f"figures: {', '.join(str(p) for p in sorted(out.glob('figure*.png')))}")
+
+
+def reproduce_run(args, variant, seed, out, data_dir, device, amp_dtype):
+    """Trains (or resumes) one run of the reproduction and scores its best
+    checkpoint on the test tiles into run/test.json, with the wall time of
+    both. Returns False when training was stopped."""
+    run = out / "runs" / variant / f"seed{seed}"
+    if (run / "test.json").exists():
+        print(f"{variant}, seed {seed}: trained and scored already ({run})")
+        return True
+    checkpoint = load_checkpoint(run / "last.pt") if (run / "last.pt").exists() else None
+    seconds_file = run / "train_seconds.txt"
+    if not checkpoint or checkpoint["state"]["epoch"] < args.epochs:
+        run_args = argparse.Namespace(**{**vars(args), **{k: v for k, v in REPRODUCTION[variant].items() if k != "seeds"},
+                                         "seed": seed, "out": str(run), "data": str(data_dir), "reproduce": None,
+                                         "full": False, "resume": str(run / "last.pt") if checkpoint else None})
+        start = time.perf_counter()
+        finished = train(run_args, checkpoint, device, amp_dtype, rank=0, world=1)
+        # Training may take several sessions: its wall time adds up over them.
+        spent = float(seconds_file.read_text()) if seconds_file.exists() else 0.0
+        seconds_file.write_text(f"{spent + time.perf_counter() - start:.1f}")
+        if not finished:
+            return False
+    start = time.perf_counter()
+    model = model_from_checkpoint(load_checkpoint(run / "best.pt"), device, channels_last=args.channels_last)
+    # Colour maps of HF's and DIS2's first seed feed Figure 3.
+    save_dir = writable_dir(out / "predictions" / variant, "--reproduce") if seed == args.seed and variant in ("hf", "dis2") else None
+    scores, distances = evaluate_tiles(model, data.load_split(data_dir, "test", args.dataset), list(SCENARIOS),
+                                       args.patch, args.patch // 4, args.batch_size, device, amp_dtype,
+                                       feature_distance=True, save_dir=save_dir, channels_last=args.channels_last)
+    result = dict(scores=scores, feature_distance=evaluate.distances_by_name(distances),
+                  train_seconds=float(seconds_file.read_text()), evaluate_seconds=time.perf_counter() - start)
+    if seed == args.seed:
+        # Figures 4 and 6 now, while the model is at hand: a later session may no longer have
+        # the checkpoints (they are not committed), only test.json, metrics.csv and the colour maps.
+        tile = data.load_split(data_dir, "test", args.dataset)[0]
+        if variant == "dis2":
+            evaluate.figure_attention(model, tile, args.patch, device, out / "figure6_attention.png")
+        if variant in FIGURE4_NAMES:
+            evaluate.figure_queries(model, tile, args.patch, device, out / FIGURE4_NAMES[variant])
+    (run / "test.json").write_text(json.dumps(result, indent=2))
+    return True
+
+
+def training_curve(metrics_csv):
+    """[(step, training segmentation loss)] per epoch: L_seg of the full plus the missing scenario."""
+    with open(metrics_csv) as f:
+        return [(int(row["step"]), float(row["seg_full"]) + float(row["seg_miss"])) for row in csv.DictReader(f)]
+
+
+def loss_flattening(curve):
+    """(final loss, relative drop over the last quarter of the epochs): a flat curve drops little."""
+    losses = [loss for _, loss in curve]
+    before = losses[max(len(losses) - 1 - len(losses) // 4, 0)]
+    return losses[-1], (before - losses[-1]) / before
+
+
+FIGURE4_NAMES = {"dis2": "figure4_queries.png", "dis2-per-scenario": "figure4_queries_per_scenario.png"}
+
+
+def reproduction_figures(out, seeds, test_tiles, curves):
+    """Figure 3 (predictions of HF and DIS2 from the first seed's colour maps)
+    and the training-loss curves of every run; reproduce_run draws Figures 4 and 6."""
+    evaluate.figure_training_loss(curves, out / "figure_training_loss.png")
+    figure_tiles = test_tiles[:3]
+    predictions = {v: {s: {t.name: data.rgb_to_labels(np.asarray(Image.open(out / "predictions" / v / f"{t.name}_{s}.png")))
+                           for t in figure_tiles} for s in SCENARIOS} for v in ("hf", "dis2") if v in seeds}
+    evaluate.figure_predictions(figure_tiles, predictions, out / "figure3_predictions.png")
 
 
 def epoch_row(state, scheduler, results, score, steps_per_epoch):

@@ -1,4 +1,5 @@
-"""Tests of data.py: the ISPRS layout, its failure modes, patches, windows and the synthetic scenes."""
+"""Tests of data.py: the ISPRS layout, its failure modes, patches, windows, and synthetic files read back
+through the reader (the generator itself: test_synthetic.py)."""
 
 import shutil
 import subprocess
@@ -71,14 +72,6 @@ def vaihingen(pristine, tmp_path):
     return root
 
 
-@pytest.fixture(scope="module")
-def default_set(tmp_path_factory):
-    """The quick-start default: six 1024-px Vaihingen tiles."""
-    root = tmp_path_factory.mktemp("default")
-    data.synthesize(root, "vaihingen", tiles=6, size=1024, seed=0)
-    return [tile for split in data.SPLITS for tile in data.load_split(root, split)]
-
-
 # ---------------------------------------------------------------------------------------------
 # Synthetic scenes read back through the real-data reader
 # ---------------------------------------------------------------------------------------------
@@ -116,58 +109,6 @@ def test_eroded_labels_blacken_exactly_a_band_around_class_borders(pristine):
         assert (padded[y : y + 7, x : x + 7] != label[y, x]).any()
     for y, x in zip(*np.nonzero(~ignored)):  # nothing of another class within 2 px
         assert (padded[y + 1 : y + 6, x + 1 : x + 6] == label[y, x]).all()
-
-
-def test_generator_is_deterministic(tmp_path):
-    for folder, seed in (("a", 7), ("b", 7), ("c", 8)):
-        data.synthesize(tmp_path / folder, "potsdam", tiles=2, size=48, seed=seed)
-    files = sorted(path.relative_to(tmp_path / "a") for path in (tmp_path / "a").rglob("*") if path.is_file())
-    assert len(files) == 8
-    for relative in files:
-        assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes()
-    image = POTSDAM_LAYOUT["image"].format("2_10")
-    assert (tmp_path / "a" / image).read_bytes() != (tmp_path / "c" / image).read_bytes()
-
-
-def test_synthetic_names_give_every_split_a_tile_and_all_areas_at_most():
-    for dataset in data.DATASETS:
-        names = data._synthetic_names(dataset, 3)
-        assert [[name in data.split_names(dataset, split) for name in names] for split in data.SPLITS] == [
-            [True, False, False], [False, True, False], [False, False, True]]
-        everything = sum((data.split_names(dataset, split) for split in data.SPLITS), [])
-        assert sorted(data._synthetic_names(dataset, len(everything))) == sorted(everything)
-    with pytest.raises(data.DataError, match="between 1 and 33"):
-        data._synthetic_names("vaihingen", 34)
-
-
-def test_class_frequencies_of_the_default_set_fall_in_the_documented_ranges(default_set):
-    documented = {  # README "Synthetic scenes": ranges for a 6-tile 1024-px set, any seed
-        "impervious_surface": (0.15, 0.45), "building": (0.12, 0.32), "low_vegetation": (0.15, 0.38),
-        "tree": (0.10, 0.33), "car": (0.007, 0.035), "clutter": (0.0, 0.05),
-    }
-    frequencies = data.class_frequencies(default_set)
-    assert frequencies.sum() == pytest.approx(1)
-    for name, frequency in zip(data.CLASSES, frequencies):
-        low, high = documented[name]
-        assert low <= frequency <= high, (name, frequency)
-
-
-def test_synthetic_modalities_complement_each_other(default_set):
-    label = np.concatenate([tile.label.ravel() for tile in default_set])
-    metres = np.concatenate([tile.ndsm.ravel() for tile in default_set]) / data.NDSM_LEVELS_PER_METRE
-    rgir = np.concatenate([tile.rgir.reshape(-1, 3) for tile in default_set]).astype(float)
-    impervious, building, low_vegetation, tree, car, _ = (label == class_id for class_id in range(6))
-    # height separates roofs from roads and trees from lawns...
-    assert np.median(metres[impervious]) < 0.5 and np.median(metres[low_vegetation]) < 0.5
-    assert np.median(metres[building]) > 3 and np.median(metres[tree]) > 3
-    assert 0.8 < np.median(metres[car]) < 2.5
-    # ...which colour alone does not: many roofs have road-grey visible bands
-    visible = rgir[:, 1:].mean(1)
-    low, high = np.percentile(visible[impervious], [5, 95])
-    assert ((visible[building] > low) & (visible[building] < high)).mean() > 0.4
-    # infrared separates the flat lawns from the flat roads
-    assert np.median(rgir[low_vegetation, 0]) > np.median(rgir[impervious, 0]) + 40
-    assert np.median(rgir[tree, 0]) > np.median(rgir[impervious, 0]) + 20
 
 
 # ---------------------------------------------------------------------------------------------

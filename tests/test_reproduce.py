@@ -1,38 +1,48 @@
-"""train.py --reproduce at a toy budget: every table and figure, with the expected structure."""
+"""train.py --reproduce at a toy budget (every table and figure, resumption), and the statistics of its tables."""
 
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import data
+import evaluate
 import train
-from dis2 import ABLATIONS
+from dis2 import SCENARIOS
 
 TOY = ["--epochs", "1", "--width", "4", "--patch", "32", "--samples-per-epoch", "4", "--batch-size", "2"]
 
 
-def test_reproduce_writes_tables_and_figures(tmp_path, capsys):
+def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, capsys):
     root, out = tmp_path / "data", tmp_path / "reproduction"
     data.synthesize(root, dataset="vaihingen", tiles=4, size=64, seed=1)
-    train.main(["--reproduce", str(out), "--data", str(root), *TOY])
-    for variant in ABLATIONS:
-        assert (out / "runs" / variant / "best.pt").is_file()
+    train.main(["--reproduce", str(out), "--data", str(root), "--seeds", "2", *TOY])
+    for variant, settings in train.REPRODUCTION.items():
+        for seed in (0, 1):
+            run = out / "runs" / variant / f"seed{seed}"
+            assert (run / "best.pt").is_file() and (run / "test.json").is_file()
+            config = evaluate.load_checkpoint(run / "best.pt")["config"]
+            assert config["layout"] == settings["layout"] and evaluate.load_checkpoint(run / "best.pt")["train_args"]["seed"] == seed
 
     tables = (out / "tables.md").read_text()
-    for heading in ("## Table 1 analogue", "## Table 2 analogue", "## Table 3 analogue", "## The paper's claims"):
+    for heading in ("## Table 1 analogue", "## Table 2 analogue", "## Paired differences against HF",
+                    "## Table 3 analogue", "## Training: has the loss flattened?", "## The paper's claims"):
         assert tables.count(heading) == 1, heading
-    table2 = tables.split("## Table 2 analogue")[1].split("## Table 3")[0]
-    for variant in ("Hierarchical Fusion (HF)", "HF + Classwise (CW)", "HF + DLKD", "HF + CW + DLKD (DIS2)"):
-        assert table2.count(f"| {variant} |") == 3, variant  # one row per scenario
+    table2 = tables.split("## Table 2 analogue")[1].split("## Paired")[0]
+    for name in evaluate.VARIANT_NAMES.values():
+        assert table2.count(f"| {name} (2 seeds) |") == 3, name  # one row per scenario
+        assert " ± " in table2
+    paired = tables.split("## Paired differences")[1].split("## Table 3")[0]
+    assert paired.count("(n=2)") == 3 * 4  # every scenario, every variant but HF
     claims = [line for line in tables.split("## The paper's claims")[1].splitlines() if line.startswith("- ")]
-    assert len(claims) == 3 and all("**holds**" in c or "**does not hold**" in c for c in claims)
+    assert len(claims) == 7  # beats HF and shrinks the distance (two layouts each), hardest scenario (three variants)
+    assert all(any(f"**{o}**" in c for o in ("holds", "does not hold", "not resolved")) for c in claims)
 
     results = json.loads((out / "results.json").read_text())
-    assert set(results["scores"]) == set(ABLATIONS)
-    assert all(set(r) == {"full", "missing_rgir", "missing_ndsm"} for r in results["scores"].values())
-    assert set(results["feature_distance"]["dis2"]) == {"full_vs_missing_rgir", "full_vs_missing_ndsm",
-                                                         "missing_rgir_vs_missing_ndsm"}
+    assert set(results["runs"]) == set(train.REPRODUCTION)
+    assert all(set(run["scores"]) == set(SCENARIOS) for runs in results["runs"].values() for run in runs.values())
+    assert all(len(curve) == 1 for runs in results["training_curves"].values() for curve in runs.values())  # one epoch
 
     test_tiles = data.load_split(root, "test")
     H, W = test_tiles[0].label.shape
@@ -40,15 +50,70 @@ def test_reproduce_writes_tables_and_figures(tmp_path, capsys):
     figures = {
         "figure3_predictions.png": (150 + 9 * (round(200 * W / H) + 6), 28 + len(test_tiles[:3]) * 206),
         "figure6_attention.png": (150 + 7 * 166, 28 + 3 * 166),
+        "figure_training_loss.png": (760, 420),
     }
     for name, size in figures.items():
         image = Image.open(out / name)
         assert image.format == "PNG" and image.size == size, name
-    queries = Image.open(out / "figure4_queries.png")
-    assert queries.format == "PNG" and queries.size[1] == 28 + 156
-    assert np.asarray(queries.convert("RGB")).std() > 0  # not blank
+        assert np.asarray(image.convert("RGB")).std() > 0, name  # not blank
+    shared, per_scenario = Image.open(out / "figure4_queries.png"), Image.open(out / "figure4_queries_per_scenario.png")
+    assert per_scenario.size[0] > shared.size[0]  # one query heatmap per scenario instead of one shared
 
-    # Run again: the trained variants are reused, the outputs rewritten.
+    # Run again: every run is reused; a run without its scores is scored again, and only it.
+    (out / "runs" / "hf+cw" / "seed1" / "test.json").unlink()
     capsys.readouterr()
-    train.main(["--reproduce", str(out), "--data", str(root), *TOY])
-    assert capsys.readouterr().out.count("trained already") == 4
+    train.main(["--reproduce", str(out), "--data", str(root), "--seeds", "2", *TOY])
+    printed = capsys.readouterr().out
+    assert printed.count("trained and scored already") == 9
+    assert (out / "runs" / "hf+cw" / "seed1" / "test.json").is_file()
+
+
+def test_a_calibration_run_trains_only_the_variants_asked_for(tmp_path):
+    root, out = tmp_path / "data", tmp_path / "reproduction"
+    data.synthesize(root, dataset="vaihingen", tiles=4, size=64, seed=1)
+    train.main(["--reproduce", str(out), "--data", str(root), "--variants", "hf", *TOY])
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["hf"]
+    assert sorted(p.name for p in (out / "runs" / "hf").iterdir()) == ["seed0", "seed1", "seed2"]
+    tables = (out / "tables.md").read_text()
+    assert "## Table 1 analogue" not in tables and "| Hierarchical Fusion (HF) (3 seeds) |" in tables
+
+
+def test_reproduction_flags_need_reproduce(capsys):
+    with pytest.raises(data.DataError, match="only apply to --reproduce"):
+        train.parse_args(["--data", "x", "--seeds", "2"])
+    with pytest.raises(SystemExit):
+        train.parse_args(["--reproduce", "x", "--variants", "hf,dis3"])
+    assert "give names from" in capsys.readouterr().err
+
+
+def test_paired_difference_and_verdict_match_a_hand_computation():
+    a, b = {0: 70.0, 1: 74.0, 2: 72.0, 3: 50.0}, {0: 65.0, 1: 66.0, 2: 70.0}  # seed 3 has no pair
+    mean, se, n = evaluate.paired_difference(a, b)
+    d = np.array([5.0, 8.0, 2.0])
+    assert n == 3 and mean == pytest.approx(5.0) and se == pytest.approx(d.std(ddof=1) / np.sqrt(3))
+    assert evaluate.verdict((mean, se, n)) == "above"  # 5 > 2 * 1.73
+    assert evaluate.verdict((1.0, 1.0, 3)) == "not resolved"
+    assert evaluate.verdict((-3.0, 1.0, 3)) == "below"
+    assert evaluate.verdict(evaluate.paired_difference({0: 1.0}, {0: 0.0})) == "not resolved"  # one pair: no spread
+
+
+def fake_run(mf1, distance):
+    """A run's test.json with these mF1 per scenario and full-vs-missing distances."""
+    score = lambda m: {"f1": {c: m for c in data.CLASSES}, "mF1": m, "mIoU": m, "OA": m}
+    return {"scores": {s: score(m) for s, m in zip(SCENARIOS, mf1)},
+            "feature_distance": {f"{a}_vs_{b}": distance for a, b in evaluate.DISTANCE_PAIRS}}
+
+
+def test_claims_hold_only_beyond_two_standard_errors():
+    hf = {seed: fake_run((90, 60 + seed, 85 + seed), 1.0 + 0.01 * seed) for seed in range(3)}
+    clear = {seed: fake_run((90, 66 + seed, 88 + seed), 0.5 + 0.01 * seed) for seed in range(3)}  # +6, +3 on every seed
+    noisy = {seed: fake_run((90, 60 + 4 * (seed - 1) + seed, 85 + seed), 1.0 + 0.01 * seed) for seed in range(3)}
+    def outcome(results, fragment):
+        return next(o for statement, o, _ in evaluate.claims(results) if fragment in statement and "per-scenario" not in statement)
+
+    beats, shrinks, hardest = "(DIS2) beats HF", "shrinks the full-vs-missing distance", "hardest scenario for HF + CW + DLKD"
+    assert [outcome({"hf": hf, "dis2": clear}, f) for f in (beats, shrinks, hardest)] == ["holds"] * 3
+    assert outcome({"hf": hf, "dis2": noisy}, beats) == "not resolved"  # differences -4, 0, +4
+    assert outcome({"hf": hf, "dis2": noisy}, shrinks) == "not resolved"  # identical distances
+    worse = {seed: fake_run((90, 50 + seed, 85 + seed), 1.0) for seed in range(3)}
+    assert outcome({"hf": hf, "dis2": worse}, beats) == "does not hold"

@@ -1,0 +1,197 @@
+"""The front page cannot rot: every relative link and image in README.md and
+docs/*.md points to a file that exists (and, with a #fragment, to a heading
+of that file), every `python train.py|evaluate.py|data.py ...` command in a
+fenced block of README.md or docs/*.md parses its flags, and every name the
+README's paper-to-code table cites exists in the code. Nothing is run."""
+
+import inspect
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+import data
+import dis2
+import evaluate
+import losses
+import train
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^(```|~~~)(.*?)$\n(.*?)^\1[ \t]*$", re.M | re.S)
+LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+HTML_LINK = re.compile(r"<(?:a|img)\s[^>]*?(?:href|src)=\"([^\"]+)\"", re.I)
+SCRIPTS = {"train.py": train.parse_args, "evaluate.py": evaluate.parse_args, "data.py": None}
+
+
+def page_id(path):
+    return str(path.relative_to(ROOT))
+
+
+def prose(text):
+    """The text outside fenced code blocks and inline code spans: where links render."""
+    text = FENCE.sub("", text)
+    return re.sub(r"(`+)(?:(?!\1).)+?\1", "", text, flags=re.S)
+
+
+def anchors(path):
+    """GitHub's heading anchors of a Markdown file: lower case, punctuation
+    dropped, spaces to hyphens, repeats numbered -1, -2, ..."""
+    seen, found = {}, set()
+    for line in FENCE.sub("", path.read_text(encoding="utf-8")).splitlines():
+        heading = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if not heading:
+            continue
+        text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading.group(1))  # a link in a heading: its text
+        slug = re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        found.add(slug if count == 0 else f"{slug}-{count}")
+    return found
+
+
+def links(path):
+    text = prose(path.read_text(encoding="utf-8"))
+    return LINK.findall(text) + HTML_LINK.findall(text)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_links_and_images_resolve(page):
+    broken = []
+    for target in links(page):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):  # http:, https:, mailto: ...
+            continue
+        file, _, fragment = target.partition("#")
+        resolved = (page.parent / file).resolve() if file else page
+        if not resolved.exists():
+            broken.append(f"{target}: no file {resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else resolved}")
+        elif fragment and resolved.suffix == ".md" and fragment not in anchors(resolved):
+            broken.append(f"{target}: no heading with the anchor #{fragment} in {resolved.name}")
+    assert not broken, f"{page_id(page)}: broken links:\n" + "\n".join(broken)
+
+
+def shell_commands(text):
+    """The commands of the fenced blocks of a Markdown text, as argument lists:
+    line continuations joined, comments dropped, split at &&, ||, ; and |."""
+    for match in FENCE.finditer(text):
+        if match.group(2).strip().lower() not in ("", "bash", "sh", "shell", "console"):
+            continue
+        for line in match.group(3).replace("\\\n", " ").splitlines():
+            if not re.search(r"\b(?:train|evaluate|data)\.py\b", line):
+                continue
+            command = []
+            for token in shlex.split(line, comments=True):
+                if token in ("&&", "||", ";", "|"):
+                    yield command
+                    command = []
+                elif token.endswith(";") and not token.endswith("\\;"):
+                    command.append(token[:-1])
+                    yield command
+                    command = []
+                else:
+                    command.append(token)
+            yield command
+
+
+def script_invocations(text):
+    """(script, argv) of every `python[3] [options] SCRIPT ...` or `torchrun [options] SCRIPT ...` command."""
+    for command in shell_commands(text):
+        runners = [i for i, token in enumerate(command) if Path(token).name in ("python", "python3", "torchrun")]
+        if not runners:
+            continue
+        rest = command[runners[0] + 1:]
+        scripts = [i for i, token in enumerate(rest) if token in SCRIPTS]
+        # python -m ..., python -c ..., python tools/x.py: not one of ours
+        if scripts and all(token.startswith("-") for token in rest[:scripts[0]]):
+            yield rest[scripts[0]], rest[scripts[0] + 1:]
+
+
+class Parsed(Exception):
+    """Raised instead of running data.py's command once its flags have parsed."""
+
+
+def parse_data_args(argv, monkeypatch):
+    parse_args = data.ArgumentParser.parse_args
+
+    def parse_only(self, args=None, namespace=None):
+        raise Parsed(parse_args(self, args, namespace))
+
+    monkeypatch.setattr(data.ArgumentParser, "parse_args", parse_only)
+    with pytest.raises(Parsed):
+        data.main(argv)
+
+
+def test_command_splitting():
+    text = ("```bash\n"
+            "python data.py synth d --tiles 3 && \\\n"
+            "python train.py --data d --epochs 1   # a comment && python evaluate.py --bogus\n"
+            "OMP_NUM_THREADS=1 python evaluate.py --missing rgir; python -m pytest -q\n"
+            "torchrun --nproc_per_node=2 train.py --resume runs/x\n"
+            "python -c \"import train\"\n"
+            "```\n"
+            "```python\npython train.py --not-a-shell-block\n```\n")
+    assert list(script_invocations(text)) == [
+        ("data.py", ["synth", "d", "--tiles", "3"]),
+        ("train.py", ["--data", "d", "--epochs", "1"]),
+        ("evaluate.py", ["--missing", "rgir"]),
+        ("train.py", ["--resume", "runs/x"]),
+    ]
+
+
+def test_a_bad_flag_fails_to_parse(monkeypatch):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--data", "d", "--no-such-flag"])
+    with pytest.raises(SystemExit):
+        parse_data_args(["synth", "d", "--tiles", "0"], monkeypatch)
+
+
+def test_readme_has_commands():
+    scripts = {script for script, _ in script_invocations((ROOT / "README.md").read_text(encoding="utf-8"))}
+    assert scripts == set(SCRIPTS)
+
+
+COMMANDS = [(page, script, argv) for page in PAGES
+            for script, argv in script_invocations(page.read_text(encoding="utf-8"))]
+
+
+@pytest.mark.parametrize("page, script, argv", COMMANDS,
+                         ids=[f"{page_id(p)}: {s} {' '.join(a)}" for p, s, a in COMMANDS])
+def test_commands_parse(page, script, argv, monkeypatch, capsys):
+    try:
+        if script == "data.py":
+            parse_data_args(argv, monkeypatch)
+        else:
+            SCRIPTS[script](argv)
+    except SystemExit:
+        pytest.fail(f"{page_id(page)}: `{script} {' '.join(argv)}` does not parse: {capsys.readouterr().err.strip()}")
+
+
+def paper_to_code_names():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Paper to code", 1)[1].split("\n## ", 1)[0]
+    return sorted({name for name in re.findall(r"`([A-Za-z_][\w.]*)`", section) if "." in name})
+
+
+def resolve(name):
+    """A dotted name of the code: module.attr..., or Class.attr of dis2.
+    Attributes set in __init__ (self.merge = ...) and dataclass fields count."""
+    modules = {"dis2": dis2, "losses": losses, "train": train, "evaluate": evaluate, "data": data}
+    parts = name.split(".")
+    obj = modules[parts.pop(0)] if parts[0] in modules else dis2
+    for part in parts:
+        if hasattr(obj, part):
+            obj = getattr(obj, part)
+        elif inspect.isclass(obj) and (part in getattr(obj, "__dataclass_fields__", {})
+                                       or re.search(rf"\bself\.{part}\s*=", inspect.getsource(obj))):
+            return True
+        else:
+            return False
+    return True
+
+
+def test_paper_to_code_names_exist():
+    names = paper_to_code_names()
+    assert len(names) > 20, names
+    missing = [name for name in names if not resolve(name)]
+    assert not missing, f"README's paper-to-code table cites names the code lacks: {missing}"

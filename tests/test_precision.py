@@ -1,0 +1,240 @@
+"""The GPU code path run on CPU: mixed precision (bf16, fp16 with the gradient
+scaler) through training, validation, checkpoints, resume and evaluation;
+channels-last memory; torch.compile; the benchmark's self-check and FLOP count."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import data
+import evaluate
+import train
+from dis2 import DIS2, DIS2Config, SCENARIOS
+
+TINY_RUN = ["--patch", "32", "--batch-size", "2", "--samples-per-epoch", "2", "--width", "4", "--seed", "3"]
+CPU = torch.device("cpu")
+# Evaluation under autocast against fp32, on the windows of the fp32 checkpoint: the largest
+# change of a logit, as a fraction of the fp32 logits' standard deviation (measured: 1.3% in
+# bf16, 0.18% in fp16); the largest change of a class probability; the share of pixels whose
+# class (argmax) is unchanged (measured: all of them).
+LOGIT_TOLERANCE = {"bf16": 0.05, "fp16": 0.01}
+PROBABILITY_TOLERANCE = {"bf16": 0.01, "fp16": 0.002}
+MIN_AGREEMENT = 0.99
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny models gain nothing from a second thread, and where other work
+    shares the cores the threads of each small operation wait for each other:
+    a training step of the tiny model took 0.04 s with one thread and 1-10 s
+    with two on this project's shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    data.synthesize(root, dataset="vaihingen", tiles=3, size=64, seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(dataset, tmp_path_factory):
+    """One epoch trained in each precision: precision -> run directory."""
+    out = {}
+    for name in evaluate.PRECISIONS:
+        out[name] = tmp_path_factory.mktemp(f"run-{name}")
+        train.main(["--data", str(dataset), "--epochs", "1", "--out", str(out[name]), "--amp", name, *TINY_RUN])
+    return out
+
+
+def copy_run(run, tmp_path):
+    return shutil.copytree(run, tmp_path / run.name)
+
+
+def last_checkpoint(run):
+    return evaluate.load_checkpoint(run / "last.pt")
+
+
+def assert_finite_losses(run, epochs):
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert len(rows) == epochs
+    for row in rows:
+        for column in ("loss", *train.TERMS):
+            assert np.isfinite(float(row[column])), column
+
+
+# ------------------------------------------------------ training in each precision
+
+
+@pytest.mark.parametrize("name", list(evaluate.PRECISIONS))
+def test_each_precision_trains_validates_and_records_itself(runs, name):
+    assert_finite_losses(runs[name], epochs=1)
+    checkpoint = last_checkpoint(runs[name])
+    assert checkpoint["train_args"]["amp"] == name and checkpoint["train_args"]["channels_last"] is False
+    assert bool(checkpoint["scaler"]) == (name == "fp16")  # the scaler's state is saved when it is on
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("name", list(evaluate.PRECISIONS))
+def test_a_resumed_run_keeps_its_precision(runs, name, tmp_path):
+    run = copy_run(runs[name], tmp_path)
+    train.main(["--resume", str(run), "--epochs", "2"])
+    checkpoint = last_checkpoint(run)
+    assert checkpoint["train_args"]["amp"] == name and bool(checkpoint["scaler"]) == (name == "fp16")
+    assert_finite_losses(run, epochs=2)
+
+
+@pytest.mark.parametrize("trained, resumed", [("off", "fp16"), ("fp16", "bf16")])
+def test_amp_given_on_resume_overrides_the_precision(runs, trained, resumed, tmp_path):
+    """fp32 to fp16 starts a fresh gradient scale; fp16 to bf16 drops the scaler."""
+    run = copy_run(runs[trained], tmp_path)
+    train.main(["--resume", str(run), "--epochs", "2", "--amp", resumed])
+    checkpoint = last_checkpoint(run)
+    assert checkpoint["train_args"]["amp"] == resumed and bool(checkpoint["scaler"]) == (resumed == "fp16")
+    assert_finite_losses(run, epochs=2)
+
+
+def test_checkpoints_of_the_on_off_flag_still_resume(runs, tmp_path):
+    """Checkpoints written before --amp took a precision hold amp = None, True
+    or False (None: the device's default) and no channels_last."""
+    assert [evaluate.precision(CPU, legacy) for legacy in (None, True, False)] == ["off", "bf16", "off"]
+    run = copy_run(runs["off"], tmp_path)
+    checkpoint = last_checkpoint(run)
+    checkpoint["train_args"]["amp"] = None
+    del checkpoint["train_args"]["channels_last"]
+    torch.save(checkpoint, run / "last.pt")
+    train.main(["--resume", str(run), "--epochs", "2"])
+    train_args = last_checkpoint(run)["train_args"]
+    assert (train_args["amp"], train_args["channels_last"]) == ("off", False)
+    assert_finite_losses(run, epochs=2)
+
+
+# ----------------------------------------------------- evaluation in each precision
+
+
+@pytest.mark.parametrize("trained, evaluated", [("off", "bf16"), ("off", "fp16"), ("bf16", "off"), ("fp16", "off")])
+def test_checkpoints_evaluate_across_precisions(runs, trained, evaluated, tmp_path):
+    report_path = tmp_path / "scores.json"
+    evaluate.main(["--checkpoint", str(runs[trained] / "best.pt"), "--amp", evaluated, "--json", str(report_path)])
+    report = json.loads(report_path.read_text())
+    assert list(report["scenarios"]) == list(SCENARIOS)
+    assert all(0 <= r["OA"] <= 100 for r in report["scenarios"].values())
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+def test_evaluation_under_autocast_agrees_with_fp32(runs, dataset, name):
+    model = evaluate.model_from_checkpoint(evaluate.load_checkpoint(runs["off"] / "best.pt"), CPU)
+    tiles = data.load_split(dataset, "test") + data.load_split(dataset, "val")
+    scenarios = list(SCENARIOS)
+    for tile in tiles:
+        rgir, ndsm = data.normalise(data.pad_to_window(tile.rgir, 64)[None, :64, :64],
+                                    data.pad_to_window(tile.ndsm, 64)[None, :64, :64])
+        logits = {}
+        for precision in ("off", name):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=evaluate.PRECISIONS[precision],
+                                                        enabled=precision != "off"):
+                outputs = model(rgir, ndsm, scenarios=scenarios)
+            logits[precision] = torch.stack([outputs[s].logits.float() for s in scenarios])
+        reference, mixed = logits["off"], logits[name]
+        assert (mixed - reference).abs().max() <= LOGIT_TOLERANCE[name] * reference.std()
+        assert (mixed.softmax(2) - reference.softmax(2)).abs().max() <= PROBABILITY_TOLERANCE[name]
+
+        # Whole tiles through the evaluation code: overlapping windows, averaged probabilities.
+        maps = {p: evaluate.predict_tile(model, tile, scenarios, 32, 8, 2, CPU, evaluate.PRECISIONS[p])
+                for p in ("off", name)}
+        for s in scenarios:
+            assert (maps["off"][s] == maps[name][s]).mean() >= MIN_AGREEMENT, s
+
+
+# ------------------------------------------------------------ channels-last, compile
+
+
+def test_channels_last_trains_and_evaluates_on_cpu(dataset, tmp_path):
+    net = DIS2(DIS2Config(width=4, pos_size=32))
+    train.wrap_model(net, CPU, 1, channels_last=True)
+    convolutions = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions)
+
+    out, report_path = tmp_path / "run", tmp_path / "scores.json"
+    train.main(["--data", str(dataset), "--epochs", "1", "--out", str(out), "--channels-last", *TINY_RUN])
+    assert last_checkpoint(out)["train_args"]["channels_last"] is True
+    assert_finite_losses(out, epochs=1)
+    evaluate.main(["--checkpoint", str(out / "best.pt"), "--channels-last", "--json", str(report_path)])
+    assert list(json.loads(report_path.read_text())["scenarios"]) == list(SCENARIOS)
+
+
+@pytest.mark.slow  # one torch.compile of the tiny model's forward pass: about a minute on 2 CPU cores
+def test_compiled_evaluation_on_cpu_matches_eager(runs, tmp_path):
+    scores = {}
+    for flags in ((), ("--compile",)):
+        report_path = tmp_path / f"scores{len(flags)}.json"
+        # One scenario and one window per batch: a single graph is compiled.
+        evaluate.main(["--checkpoint", str(runs["off"] / "best.pt"), "--missing", "none", "--batch-size", "1",
+                       "--json", str(report_path), *flags])
+        scores[flags] = json.loads(report_path.read_text())["scenarios"]["full"]
+    assert scores[()]["OA"] == pytest.approx(scores[("--compile",)]["OA"], abs=1.0)
+
+
+# --------------------------------------------------------- benchmark and self-check
+
+TINY_BENCHMARK = ["--benchmark", "--device", "cpu", "--patch", "32", "--batch-size", "2", "--width", "4", "--repeats", "1"]
+
+
+def test_benchmark_self_checks_every_precision_and_counts_flops(capsys):
+    train.main([*TINY_BENCHMARK, "--amp", "bf16", "--channels-last"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == ("self-check on cpu (channels-last, eager): one training step and one evaluation window "
+                        "work with --amp off, bf16, fp16")
+    result = json.loads(lines[-1])
+    assert result["self_check"] == {"off": "ok", "bf16": "ok", "fp16": "ok"}
+    assert (result["amp"], result["channels_last"]) == ("bfloat16", True)
+    assert result["gflop_per_step"] > 0 and result["gflop_s"] > 0
+    assert result["mm_gflop_s_float32"] > 0 and result["mm_gflop_s_bfloat16"] > 0
+
+    evaluate.main(["--benchmark", "--device", "cpu", "--patch", "32", "--batch-size", "1", "--repeats", "1"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["what"] == "inference" and result["gflop_per_step"] > 0 and result["mm_gflop_s_float32"] > 0
+
+
+def test_self_check_says_what_failed(monkeypatch, capsys):
+    real_step = train.train_step
+
+    def fp16_breaks(*args, **kwargs):
+        if args[9] == torch.float16:  # amp_dtype
+            raise RuntimeError("expected scalar type Half but found Float")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_step", fp16_breaks)
+    with pytest.raises(SystemExit) as stopped:
+        train.main([*TINY_BENCHMARK, "--amp", "fp16"])
+    assert stopped.value.code == 1
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == ["self-check on cpu (contiguous memory, eager): FAILED --amp fp16: training step: RuntimeError: "
+                       "expected scalar type Half but found Float; works with --amp off, bf16"]
+
+
+def test_flops_of_attention_on_cpu_are_counted():
+    b, h, s, d = 2, 4, 64, 16
+    q, k, v = (torch.randn(b, h, s, d, requires_grad=True) for _ in range(3))
+    # Forward: Q K^T and P V, 2 b h s^2 d each. Backward (flash): S recomputed, then dV, dP, dQ, dK.
+    assert evaluate.count_flops(lambda: F.scaled_dot_product_attention(q, k, v)) == 4 * b * h * s * s * d
+    assert evaluate.count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()) == 14 * b * h * s * s * d
+
+    # The whole model: the same count as with attention decomposed into matrix products (the math kernel).
+    model = DIS2(DIS2Config(width=4, pos_size=32)).eval()
+    rgir, ndsm = torch.randn(1, 3, 32, 32), torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        fused = evaluate.count_flops(lambda: model(rgir, ndsm))
+        with sdpa_kernel(SDPBackend.MATH):
+            decomposed = evaluate.count_flops(lambda: model(rgir, ndsm))
+    assert fused == decomposed > 0
