@@ -709,8 +709,8 @@ def reproduce_run(args, variant, seed, out, data_dir, device, amp_dtype):
             return False
     start = time.perf_counter()
     model = model_from_checkpoint(load_checkpoint(run / "best.pt"), device, channels_last=args.channels_last)
-    # Colour maps of HF's and DIS2's first seed feed Figure 3.
-    save_dir = writable_dir(out / "predictions" / variant, "--reproduce") if seed == args.seed and variant in ("hf", "dis2") else None
+    # Colour maps of HF's and DIS2's runs feed Figure 3.
+    save_dir = writable_dir(run / "predictions", "--reproduce") if variant in ("hf", "dis2") else None
     scores, distances = evaluate_tiles(model, data.load_split(data_dir, "test", args.dataset), list(SCENARIOS),
                                        args.patch, args.patch // 4, args.batch_size, device, amp_dtype,
                                        feature_distance=True, save_dir=save_dir, channels_last=args.channels_last)
@@ -749,7 +749,8 @@ def reproduction_figures(out, seeds, test_tiles, curves):
     and the training-loss curves of every run; reproduce_run draws Figures 4 and 6."""
     evaluate.figure_training_loss(curves, out / "figure_training_loss.png")
     figure_tiles = test_tiles[:3]
-    predictions = {v: {s: {t.name: data.rgb_to_labels(np.asarray(Image.open(out / "predictions" / v / f"{t.name}_{s}.png")))
+    maps = lambda v: out / "runs" / v / f"seed{seeds[v][0]}" / "predictions"
+    predictions = {v: {s: {t.name: data.rgb_to_labels(np.asarray(Image.open(maps(v) / f"{t.name}_{s}.png")))
                            for t in figure_tiles} for s in SCENARIOS} for v in ("hf", "dis2") if v in seeds}
     evaluate.figure_predictions(figure_tiles, predictions, out / "figure3_predictions.png")
 

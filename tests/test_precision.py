@@ -28,25 +28,6 @@ PROBABILITY_TOLERANCE = {"bf16": 0.01, "fp16": 0.002}
 MIN_AGREEMENT = 0.99
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models gain nothing from a second thread, and where other work
-    shares the cores the threads of each small operation wait for each other:
-    a training step of the tiny model took 0.04 s with one thread and 1-10 s
-    with two on this project's shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    data.synthesize(root, dataset="vaihingen", tiles=3, size=64, seed=1)
-    return root
-
-
 @pytest.fixture(scope="module")
 def runs(dataset, tmp_path_factory):
     """One epoch trained in each precision: precision -> run directory."""

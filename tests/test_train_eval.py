@@ -22,13 +22,6 @@ TINY_RUN = ["--patch", "32", "--batch-size", "2", "--samples-per-epoch", "6", "-
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    data.synthesize(root, dataset="vaihingen", tiles=3, size=64, seed=1)
-    return root
-
-
-@pytest.fixture(scope="module")
 def trained_run(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     train.main(["--data", str(dataset), "--epochs", "1", "--out", str(out), *TINY_RUN])
