@@ -341,6 +341,14 @@ def distance_per_seed(runs, pair):
     return {seed: run["feature_distance"][f"{pair[0]}_vs_{pair[1]}"] for seed, run in runs.items()}
 
 
+def claim_outcome(differences, direction):
+    """"holds" when every paired difference is resolved in `direction` ("above"
+    or "below" 0), "does not hold" when any is resolved the other way, else "not resolved"."""
+    verdicts = {verdict(d) for d in differences}
+    opposite = "below" if direction == "above" else "above"
+    return "holds" if verdicts == {direction} else "does not hold" if opposite in verdicts else "not resolved"
+
+
 def claims(results):
     """The paper's three claims, each (statement, outcome, evidence) with outcome
     "holds", "does not hold" (the opposite is resolved) or "not resolved".
@@ -352,27 +360,24 @@ def claims(results):
             continue
         gains = {s: paired_difference(per_seed(results[variant], s, "mF1"), per_seed(results["hf"], s, "mF1"))
                  for s in missing}
-        outcomes = {verdict(d) for d in gains.values()}
         found.append((f"{VARIANT_NAMES[variant]} beats HF in both missing scenarios (paired mF1 difference)",
-                      "holds" if outcomes == {"above"} else "does not hold" if "below" in outcomes else "not resolved",
+                      claim_outcome(gains.values(), "above"),
                       "; ".join(f"{SHORT_NAMES[s]}: {show_difference(d)}" for s, d in gains.items())))
     for variant in ("dis2", "dis2-per-scenario"):
         if variant not in results or "hf" not in results:
             continue
         shrink = {pair: paired_difference(distance_per_seed(results[variant], pair), distance_per_seed(results["hf"], pair))
                   for pair in DISTANCE_PAIRS[:2]}
-        outcomes = {verdict(d) for d in shrink.values()}
         found.append((f"distillation shrinks the full-vs-missing distance of Z ({VARIANT_NAMES[variant]} minus HF < 0)",
-                      "holds" if outcomes == {"below"} else "does not hold" if "above" in outcomes else "not resolved",
+                      claim_outcome(shrink.values(), "below"),
                       "; ".join(f"{SHORT_NAMES[a]} vs {SHORT_NAMES[b]}: {show_difference(d, 4)}" for (a, b), d in shrink.items())))
     for variant in ("dis2", "dis2-per-scenario", "hf"):
         if variant not in results:
             continue
         rgir = per_seed(results[variant], "missing_rgir", "mF1")
         margins = {s: paired_difference(per_seed(results[variant], s, "mF1"), rgir) for s in ("full", "missing_ndsm")}
-        outcomes = {verdict(d) for d in margins.values()}
         found.append((f"missing RGIR is the hardest scenario for {VARIANT_NAMES[variant]} (the others' mF1 minus missing RGIR's > 0)",
-                      "holds" if outcomes == {"above"} else "does not hold" if "below" in outcomes else "not resolved",
+                      claim_outcome(margins.values(), "above"),
                       "; ".join(f"{SHORT_NAMES[s]}: {show_difference(d)}" for s, d in margins.items())))
     return found
 
@@ -402,8 +407,8 @@ def tables_markdown(results, training, title):
                 if v == "hf":
                     continue
                 d = paired_difference(per_seed(results[v], s, "mF1"), per_seed(results["hf"], s, "mF1"))
-                per_class = [show_difference(paired_difference(per_seed(results[v], s, c), per_seed(results["hf"], s, c)))
-                             .split(" ")[0] for c in SCORED]
+                class_means = [paired_difference(per_seed(results[v], s, c), per_seed(results["hf"], s, c)) for c in SCORED]
+                per_class = ["-" if c is None else f"{c[0]:+.2f}" for c in class_means]
                 outcome = {"above": "better", "below": "worse"}.get(verdict(d), "not resolved")
                 rows.append([ROW_NAMES[s], VARIANT_NAMES[v], show_difference(d), outcome, *per_class])
         parts += ["## Paired differences against HF (same seeds): mF1 mean ± standard error, and the mean per class", "",

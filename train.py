@@ -711,7 +711,8 @@ def reproduce_run(args, variant, seed, out, data_dir, device, amp_dtype):
     model = model_from_checkpoint(load_checkpoint(run / "best.pt"), device, channels_last=args.channels_last)
     # Colour maps of HF's and DIS2's runs feed Figure 3.
     save_dir = writable_dir(run / "predictions", "--reproduce") if variant in ("hf", "dis2") else None
-    scores, distances = evaluate_tiles(model, data.load_split(data_dir, "test", args.dataset), list(SCENARIOS),
+    test_tiles = data.load_split(data_dir, "test", args.dataset)
+    scores, distances = evaluate_tiles(model, test_tiles, list(SCENARIOS),
                                        args.patch, args.patch // 4, args.batch_size, device, amp_dtype,
                                        feature_distance=True, save_dir=save_dir, channels_last=args.channels_last)
     result = dict(scores=scores, feature_distance=evaluate.distances_by_name(distances),
@@ -719,7 +720,7 @@ def reproduce_run(args, variant, seed, out, data_dir, device, amp_dtype):
     if seed == args.seed:
         # Figures 4 and 6 now, while the model is at hand: a later session may no longer have
         # the checkpoints (they are not committed), only test.json, metrics.csv and the colour maps.
-        tile = data.load_split(data_dir, "test", args.dataset)[0]
+        tile = test_tiles[0]
         if variant == "dis2":
             evaluate.figure_attention(model, tile, args.patch, device, out / "figure6_attention.png")
         if variant in FIGURE4_NAMES:
