@@ -736,14 +736,14 @@ class _City:
     def residential(self, u0, v0, u1, v1):
         """Houses with driveways (some with a car) and terraces, hedges, shrubs, garden clutter and trees."""
         rng, houses = self.rng, []
-        for _ in range(int((u1 - u0) * (v1 - v0) / 30)):
-            size = rng.uniform(10, 26), rng.uniform(9, 16)
+        for _ in range(int((u1 - u0) * (v1 - v0) / 12)):
+            size = rng.uniform(14, 32), rng.uniform(10, 20)
             w, d = size if rng.random() < 0.5 else size[::-1]
             if u1 - u0 < w + 6 or v1 - v0 < d + 6:
                 continue
             a, b = rng.uniform(u0 + 3, u1 - 3 - w), rng.uniform(v0 + 3, v1 - 3 - d)
             house = (a, b, a + w, b + d)
-            if any(_overlaps(house, other, gap=4) for other in houses):
+            if any(_overlaps(house, other, gap=3) for other in houses):
                 continue
             houses.append(house)
             self.building(*house)
@@ -755,7 +755,7 @@ class _City:
                 self.clutter((cu, cv, cu + rng.uniform(1, 3), cv + rng.uniform(1, 3)), raised=True)
         self.hedges((u0, v0, u1, v1))
         self.shrubs((u0, v0, u1, v1), int((u1 - u0) * (v1 - v0) / 150), avoid=houses)
-        self.trees((u0, v0, u1, v1), int((u1 - u0) * (v1 - v0) / 85), avoid=houses)
+        self.trees((u0, v0, u1, v1), int((u1 - u0) * (v1 - v0) / 50), avoid=houses)
 
     def terrace(self, house):
         """A paved terrace 2.5-5 m deep along one side of a house: pavement amid the lawns."""
@@ -791,9 +791,9 @@ class _City:
                        (u0, v1 - w, u1, v1)][side]
                 self.add(0, _LOW_VEGETATION, box, _lawn(rng), texture=0.06)
                 self.shrubs(box, int((box[2] - box[0]) * (box[3] - box[1]) / 40))
-        margin = rng.uniform(6, 10)
+        margin = rng.uniform(4, 8)
         if u1 - u0 > 2 * margin + 10 and v1 - v0 > 2 * margin + 10:
-            self.building(u0 + margin, v0 + margin, u1 - margin, v1 - margin - rng.uniform(0, (v1 - v0) / 3), True)
+            self.building(u0 + margin, v0 + margin, u1 - margin, v1 - margin - rng.uniform(0, (v1 - v0) / 4), True)
         for u in np.arange(u0 + 2, u1 - 2, 2.7):
             if rng.random() < 0.5:
                 self.car(u, v0 + 3, along_u=False)
@@ -836,7 +836,7 @@ class _City:
 
     def block(self, u0, v0, u1, v1):
         kinds = (self.residential, self.commercial, self.park, self.parking, self.yard)
-        kinds[self.rng.choice(len(kinds), p=[0.55, 0.25, 0.08, 0.04, 0.08])](u0, v0, u1, v1)
+        kinds[self.rng.choice(len(kinds), p=[0.5, 0.32, 0.06, 0.05, 0.07])](u0, v0, u1, v1)
 
 
 def _street_lines(rng, half):

@@ -87,7 +87,7 @@ REPRODUCTION = {
 }
 # The synthetic benchmark of the reproduction (Vaihingen layout): tiles, tile side, generator seed.
 SYNTHETIC_BENCHMARKS = {
-    "reproduce": dict(tiles=18, size=640, seed=2026),
+    "reproduce": dict(tiles=33, size=640, seed=2026),
     "reproduce-full": dict(tiles=33, size=2000, seed=2026),
 }
 
