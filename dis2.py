@@ -35,6 +35,7 @@ scenarios (layout "shared") or each scenario has its own ("per-scenario",
 as in the authors' code); DIS2Config.layout chooses.
 """
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -64,14 +65,47 @@ def upsample(x, size):
 
 
 class ConvBNReLU(nn.Sequential):
-    """3x3 (or k x k) convolution, batch norm, ReLU; `groups` keeps classes apart."""
+    """3x3 (or k x k) convolution, batch norm, ReLU; `groups` keeps classes apart.
+    `norm` makes the batch norm from the channel count (ScenarioBatchNorm2d after the encoders)."""
 
-    def __init__(self, c_in, c_out, kernel=3, stride=1, groups=1):
+    def __init__(self, c_in, c_out, kernel=3, stride=1, groups=1, norm=nn.BatchNorm2d):
         super().__init__(
             nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(c_out),
+            norm(c_out),
             nn.ReLU(inplace=True),
         )
+
+
+class ScenarioBatchNorm2d(nn.Module):
+    """Batch norm with one scale and shift but running statistics per scenario.
+    Fusion and decoder see differently distributed features in each scenario
+    (with a modality missing, one slot holds a Supplement branch, or zeros in
+    HF). One set of running statistics would blend them, so at evaluation a
+    missing scenario would be normalised with statistics gathered partly from
+    the full scenario, that is from the missing modality, and its scores would
+    swing with the scenarios of the last training batches. Each scenario
+    therefore keeps its own; `scenario` is set by FusionDecoder.forward."""
+
+    def __init__(self, channels, scenarios, momentum=0.1, eps=1e-5):  # nn.BatchNorm2d's defaults
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        for s in scenarios:
+            self.register_buffer(f"running_mean_{s}", torch.zeros(channels))
+            self.register_buffer(f"running_var_{s}", torch.ones(channels))
+        self.scenarios, self.momentum, self.eps, self.scenario = tuple(scenarios), momentum, eps, scenarios[0]
+
+    @property
+    def running_mean(self):  # of the current scenario
+        return getattr(self, f"running_mean_{self.scenario}")
+
+    @property
+    def running_var(self):
+        return getattr(self, f"running_var_{self.scenario}")
+
+    def forward(self, x):
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            self.training, self.momentum, self.eps)
 
 
 class AttentionPool(nn.Module):
@@ -126,11 +160,11 @@ class ConvFusion(nn.Module):
     link from the level above (the paper: "residual connections are used to
     link adjacent levels"); F_{i-1} is halved in size and projected to C_i."""
 
-    def __init__(self, channels, prev_channels=None):
+    def __init__(self, channels, prev_channels, norm):
         super().__init__()
-        self.phi = ConvBNReLU(2 * channels, channels)
+        self.phi = ConvBNReLU(2 * channels, channels, norm=norm)
         self.from_prev = (
-            nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(prev_channels, channels, 1, bias=False), nn.BatchNorm2d(channels))
+            nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(prev_channels, channels, 1, bias=False), norm(channels))
             if exists(prev_channels)
             else None
         )
@@ -212,10 +246,10 @@ class HierarchicalFusion(nn.Module):
     at level L (Eq. 8). Also returns the attention-pooled F_1..F_{L-1} and the
     fusion token, the compact fused features distilled in Eq. 4."""
 
-    def __init__(self, widths, dim, heads, depth, mlp_ratio, pos_size):
+    def __init__(self, widths, dim, heads, depth, mlp_ratio, pos_size, norm):
         super().__init__()
         self.conv_levels = nn.ModuleList(
-            [ConvFusion(c, prev) for c, prev in zip(widths[:-1], [None, *widths[:-2]])]
+            [ConvFusion(c, prev, norm) for c, prev in zip(widths[:-1], [None, *widths[:-2]])]
         )
         self.pools = nn.ModuleList([AttentionPool(c) for c in widths[:-1]])
         self.transformer = TransformerFusion(widths[-1], widths[-2], dim, heads, depth, mlp_ratio, pos_size)
@@ -262,12 +296,12 @@ class DecoderLevel(nn.Module):
     is a grouped convolution, so class k only sees its own decoder. With
     groups=1 this is an ordinary UNet decoder level."""
 
-    def __init__(self, skip_channels, width, groups):
+    def __init__(self, skip_channels, width, groups, norm):
         super().__init__()
         self.from_skip = nn.Conv2d(skip_channels, width, 3, padding=1, bias=False)
         self.from_below = nn.Conv2d(width, width, 3, padding=1, groups=groups, bias=False)
-        self.norm = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(inplace=True))
-        self.refine = ConvBNReLU(width, width, groups=groups)
+        self.norm = nn.Sequential(norm(width), nn.ReLU(inplace=True))
+        self.refine = ConvBNReLU(width, width, groups=groups, norm=norm)
 
     def forward(self, skip, below):
         x = self.from_skip(skip) + self.from_below(upsample(below, skip.shape[-2:]))
@@ -282,12 +316,12 @@ class Decoder(nn.Module):
     Each level also emits an auxiliary prediction (Eq. 13): with groups=K,
     class k's logit comes from class k's decoder alone."""
 
-    def __init__(self, in_channels, widths, width, num_classes, z_channels, groups):
+    def __init__(self, in_channels, widths, width, num_classes, z_channels, groups, norm):
         super().__init__()
-        self.first = ConvBNReLU(in_channels, width, groups=groups)
-        self.levels = nn.ModuleList([DecoderLevel(c, width, groups) for c in widths[:-1]])
+        self.first = ConvBNReLU(in_channels, width, groups=groups, norm=norm)
+        self.levels = nn.ModuleList([DecoderLevel(c, width, groups, norm) for c in widths[:-1]])
         self.aux_heads = nn.ModuleList([nn.Conv2d(width, num_classes, 1, groups=groups) for _ in widths])
-        self.merge = ConvBNReLU(width, z_channels, kernel=1)
+        self.merge = ConvBNReLU(width, z_channels, kernel=1, norm=norm)
 
     def forward(self, x, fused, size):
         # Eq. 11, l = L: D_k^L = phi_k^L(M_k)
@@ -325,24 +359,29 @@ class FusionDecoder(nn.Module):
     per-class decoder and the classifier (Eq. 11-12). Without CW (the HF
     variants) the attention is skipped and the decoder is a plain UNet one.
     DIS2 holds one of these for all scenarios or one per scenario (the
-    `layout` of DIS2Config)."""
+    `layout` of DIS2Config); its batch norms keep running statistics for
+    each of the `scenarios` it serves (ScenarioBatchNorm2d)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, scenarios):
         super().__init__()
         K, widths = cfg.num_classes, cfg.widths
-        self.fusion = HierarchicalFusion(widths, cfg.embed_dim, cfg.heads, cfg.depth, cfg.mlp_ratio, cfg.pos_size)
+        norm = functools.partial(ScenarioBatchNorm2d, scenarios=scenarios)
+        self.fusion = HierarchicalFusion(widths, cfg.embed_dim, cfg.heads, cfg.depth, cfg.mlp_ratio, cfg.pos_size, norm)
         if cfg.classwise:
             self.classwise_attention = ClasswiseAttention(K, widths[-1])
-            self.decoder = Decoder(K * widths[-1], widths, K * cfg.class_width, K, cfg.z_channels, groups=K)
+            self.decoder = Decoder(K * widths[-1], widths, K * cfg.class_width, K, cfg.z_channels, K, norm)
         else:
             self.classwise_attention = None
-            self.decoder = Decoder(widths[-1], widths, K * cfg.class_width, K, cfg.z_channels, groups=1)
+            self.decoder = Decoder(widths[-1], widths, K * cfg.class_width, K, cfg.z_channels, 1, norm)
         self.classifier = nn.Conv2d(cfg.z_channels, K, 1)
 
-    def forward(self, a, b):
-        """a, b: the L features of slot a (RGIR) and slot b (NDSM). Returns
-        logits, Z, the auxiliary logits, the pooled fused features (the fusion
-        token last) and alpha (None without CW)."""
+    def forward(self, a, b, scenario):
+        """a, b: the L features of slot a (RGIR) and slot b (NDSM) of
+        `scenario`. Returns logits, Z, the auxiliary logits, the pooled fused
+        features (the fusion token last) and alpha (None without CW)."""
+        for module in self.modules():
+            if isinstance(module, ScenarioBatchNorm2d):
+                module.scenario = scenario
         size = tuple(2 * s for s in a[0].shape[-2:])  # the input's H, W
         fused, fused_pooled = self.fusion(a, b)  # fused_pooled[-1] is the fusion token
         if exists(self.classwise_attention):
@@ -436,8 +475,8 @@ class DIS2(nn.Module):
             else {}
         )
         self.uni_heads = nn.ModuleDict({m: UnimodalHead(widths, K) for m in MODALITIES})
-        stacks = ("shared",) if cfg.layout == "shared" else tuple(SCENARIOS)
-        self.fusion_decoders = nn.ModuleDict({name: FusionDecoder(cfg) for name in stacks})
+        stacks = {"shared": tuple(SCENARIOS)} if cfg.layout == "shared" else {s: (s,) for s in SCENARIOS}
+        self.fusion_decoders = nn.ModuleDict({name: FusionDecoder(cfg, scenarios) for name, scenarios in stacks.items()})
 
     def fusion_decoder(self, scenario):
         """The fusion, classwise attention and decoder that serve `scenario`."""
@@ -523,9 +562,10 @@ class DIS2(nn.Module):
         training, batch norm normalises it with its own statistics, so a
         missing scenario cannot see the missing modality through statistics
         shared with the full scenario, and the stop-gradient of Eq. 4-5 holds
-        (no gradient reaches an encoder that only the teacher uses)."""
+        (no gradient reaches an encoder that only the teacher uses). Its batch
+        norms also keep running statistics of their own for evaluation."""
         missing = SCENARIOS[scenario]
-        logits, z, aux_logits, fused_pooled, attention = self.fusion_decoder(scenario)(*self.slots(features, missing))
+        logits, z, aux_logits, fused_pooled, attention = self.fusion_decoder(scenario)(*self.slots(features, missing), scenario)
         # The Distinct/Supplement pair of the available modality, pooled for Eq. 2.
         pair = (f"{OTHER[missing]}_dist", f"{OTHER[missing]}_supp") if exists(missing) and self.config.dlkd else ()
         branch_pooled = {name: [pool(x) for pool, x in zip(self.branch_pools[name], features[name])] for name in pair}

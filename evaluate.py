@@ -39,7 +39,7 @@ ROW_NAMES = {"full": "Full Modality", "missing_rgir": "Missing RGIR - Only NDSM"
 SHORT_NAMES = {s: name.split(" - ")[0] for s, name in ROW_NAMES.items()}  # for figures and scenario pairs
 COLUMN_NAMES = ("Imp. Surface", "Building", "Low Veg.", "Tree", "Car")
 DISTANCE_PAIRS = (("full", "missing_rgir"), ("full", "missing_ndsm"), ("missing_rgir", "missing_ndsm"))
-CHECKPOINT_FORMAT = "dis2-checkpoint-2"  # 2: fusion and decoder under fusion_decoders (DIS2Config.layout)
+CHECKPOINT_FORMAT = "dis2-checkpoint-3"  # 2: fusion and decoder under fusion_decoders (DIS2Config.layout); 3: running statistics per scenario
 BENCHMARK_WARMUP = 2
 
 

@@ -43,7 +43,7 @@ from tqdm import tqdm
 import data
 import evaluate
 from data import DataError
-from dis2 import ABLATIONS, DIS2, DIS2Config, LAYOUTS, SCENARIOS
+from dis2 import ABLATIONS, DIS2, DIS2Config, LAYOUTS, SCENARIOS, ScenarioBatchNorm2d
 from evaluate import (
     AMP_HELP,
     BENCHMARK_WARMUP,
@@ -502,39 +502,60 @@ def leave_distributed():
     del barrier
 
 
+def synchronised_batch_norm(x, running_mean, running_var, weight, bias, momentum, eps):
+    """Batch norm in training whose statistics cover the global batch of all
+    processes: the per-channel sums are all-reduced with autograd, so the
+    backward pass is synchronised too. Updates the running statistics."""
+    C = x.shape[1]
+    xf = x.float()
+    local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), xf.new_full((1,), x.numel() / C)])
+    total = dist_nn.all_reduce(local)
+    count = total[-1]
+    mean = total[:C] / count
+    var = total[C : 2 * C] / count - mean * mean
+    with torch.no_grad():
+        running_mean.lerp_(mean, momentum)
+        running_var.lerp_(var * count / (count - 1), momentum)
+    scale = (weight * torch.rsqrt(var + eps)).view(1, C, 1, 1)
+    return ((xf - mean.view(1, C, 1, 1)) * scale + bias.view(1, C, 1, 1)).to(x.dtype)
+
+
 class CPUSyncBatchNorm(nn.BatchNorm2d):
-    """Batch norm whose training statistics cover the global batch, for
-    several CPU processes (Gloo): torch's SyncBatchNorm runs on GPUs only. The
-    per-channel sums are all-reduced with autograd, so the backward pass is
-    synchronised too."""
+    """Batch norm synchronised over several CPU processes (Gloo): torch's
+    SyncBatchNorm runs on GPUs only."""
 
     def forward(self, x):
         if not self.training:
             return super().forward(x)
-        C = x.shape[1]
-        xf = x.float()
-        local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), xf.new_full((1,), x.numel() / C)])
-        total = dist_nn.all_reduce(local)
-        count = total[-1]
-        mean = total[:C] / count
-        var = total[C : 2 * C] / count - mean * mean
-        with torch.no_grad():
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var * count / (count - 1), self.momentum)
-            self.num_batches_tracked += 1
-        scale = (self.weight * torch.rsqrt(var + self.eps)).view(1, C, 1, 1)
-        return ((xf - mean.view(1, C, 1, 1)) * scale + self.bias.view(1, C, 1, 1)).to(x.dtype)
+        self.num_batches_tracked += 1
+        return synchronised_batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                       self.momentum, self.eps)
 
 
-def synchronise_batch_norm(module):
-    """Replaces every BatchNorm2d by a CPUSyncBatchNorm with the same state."""
+class SyncScenarioBatchNorm2d(ScenarioBatchNorm2d):
+    """ScenarioBatchNorm2d synchronised over several processes (CPU or CUDA):
+    each scenario's statistics cover that scenario's global batch."""
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        return synchronised_batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                       self.momentum, self.eps)
+
+
+def synchronise_batch_norm(module, plain=True):
+    """Replaces every ScenarioBatchNorm2d by a SyncScenarioBatchNorm2d and,
+    with `plain`, every BatchNorm2d by a CPUSyncBatchNorm, with the same state."""
     for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
+        if isinstance(child, ScenarioBatchNorm2d):
+            synced = SyncScenarioBatchNorm2d(child.weight.numel(), child.scenarios, child.momentum, child.eps)
+        elif plain and isinstance(child, nn.BatchNorm2d):
             synced = CPUSyncBatchNorm(child.num_features, child.eps, child.momentum)
-            synced.load_state_dict(child.state_dict())
-            setattr(module, name, synced)
         else:
-            synchronise_batch_norm(child)
+            synchronise_batch_norm(child, plain)
+            continue
+        synced.load_state_dict(child.state_dict())
+        setattr(module, name, synced.to(child.weight.device))
     return module
 
 
@@ -549,7 +570,7 @@ def wrap_model(net, device, world, compile_model=False, channels_last=None):
     if world > 1:
         # Each step leaves one Supplement encoder (that of the missing modality) unused.
         if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(synchronise_batch_norm(model, plain=False))
         else:
             model = synchronise_batch_norm(model)
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,

@@ -1,11 +1,13 @@
 """The DIS2 network (dis2.py): shapes, scenarios, per-class decoder, errors, overfitting."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import data
-from dis2 import ABLATIONS, DIS2, DIS2Config, LAYOUTS, upsample
+from dis2 import ABLATIONS, DIS2, DIS2Config, LAYOUTS, ScenarioBatchNorm2d, upsample
 from losses import dis2_loss
 
 TINY = dict(width=4, embed_dim=16, heads=2, depth=1, class_width=2, pos_size=64)
@@ -178,6 +180,45 @@ def test_missing_scenario_in_training_ignores_the_missing_modality(train_batch, 
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("ablation", ("hf", "dis2"))
+@pytest.mark.parametrize("missing", ("rgir", "ndsm"))
+def test_missing_scenario_at_evaluation_ignores_the_missing_modality_seen_in_training(train_batch, missing, ablation, layout):
+    """The running statistics a missing scenario is evaluated with come from
+    its own training batches only: two models that trained (train-mode
+    forward passes, as train.py's steps) on batches differing only in the
+    missing modality give bit-identical outputs in that scenario in eval mode,
+    though their full scenarios differ."""
+    torch.manual_seed(0)
+    first = DIS2(DIS2Config(**TINY, **ABLATIONS[ablation], layout=layout))
+    second = copy.deepcopy(first)
+    rgir, ndsm, _ = train_batch
+    changed = {"rgir": (rgir.flip(-1) * 3 + 1, ndsm), "ndsm": (rgir, ndsm.flip(-2) * 3 + 1)}[missing]
+    other = "ndsm" if missing == "rgir" else "rgir"
+    with torch.no_grad():
+        for model, (a, b) in ((first, (rgir, ndsm)), (second, changed)):
+            model.train()
+            for scenarios in [("full", f"missing_{missing}"), ("full", f"missing_{other}")] * 2:
+                model(a, b, scenarios=scenarios)
+            model.eval()
+        inputs = {"rgir": (None, ndsm), "ndsm": (rgir, None)}[missing]
+        for x, y in zip(scenario_output(first(*inputs)), scenario_output(second(*inputs))):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+        assert not torch.allclose(first(rgir, ndsm).logits, second(rgir, ndsm).logits)
+
+
+def test_each_scenario_keeps_its_own_running_statistics(train_batch):
+    model = DIS2(DIS2Config(**TINY)).train()
+    rgir, ndsm, _ = train_batch
+    with torch.no_grad():
+        model(rgir, ndsm, scenarios=("full", "missing_rgir"))
+    norm = model.fusion_decoder("full").fusion.conv_levels[0].phi[1]
+    assert isinstance(norm, ScenarioBatchNorm2d)
+    assert not torch.equal(norm.running_mean_full, norm.running_mean_missing_rgir)
+    assert torch.equal(norm.running_mean_missing_ndsm, torch.zeros_like(norm.running_mean_full))  # not run yet
+    assert torch.equal(norm.running_var_missing_ndsm, torch.ones_like(norm.running_var_full))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("missing", ("rgir", "ndsm"))
 def test_distillation_in_training_sends_no_gradient_to_the_teachers_own_encoder(train_batch, missing, layout):
     """sg(.) in Eq. 4-5, in train mode on a training batch: the distillation
@@ -220,12 +261,15 @@ def per_class_reference(level, skip, below, K):
 def test_batched_class_decoder_equals_a_loop_over_classes():
     torch.manual_seed(0)
     model = DIS2(DIS2Config(**TINY))
-    for module in model.modules():  # non-trivial batch-norm statistics
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
+    for module in model.modules():  # non-trivial batch-norm statistics, different in every scenario
+        if isinstance(module, (torch.nn.BatchNorm2d, ScenarioBatchNorm2d)):
+            for name, buffer in module.named_buffers():
+                if "running_mean" in name or "running_var" in name:
+                    buffer.uniform_(-0.5, 0.5) if "mean" in name else buffer.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5)
             module.bias.data.uniform_(-0.5, 0.5)
+        if isinstance(module, ScenarioBatchNorm2d):
+            module.scenario = "missing_rgir"  # the reference below reads this scenario's statistics
     model.eval()
     K = 6
     level = model.fusion_decoder("full").decoder.levels[1]

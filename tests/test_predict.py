@@ -33,9 +33,10 @@ def tiny_checkpoint(path, **config):
     torch.manual_seed(0)
     model = DIS2(DIS2Config(width=4, embed_dim=16, heads=2, class_width=4, pos_size=PATCH, **config))
     for name, buffer in model.named_buffers():  # batch-norm statistics that make the maps vary, as trained ones do
-        if name.endswith("running_mean"):
+        kind = name.rsplit(".", 1)[-1]  # running_mean, or running_mean_<scenario> in fusion and decoder
+        if kind.startswith("running_mean"):
             buffer.normal_(0, 0.5)
-        elif name.endswith("running_var"):
+        elif kind.startswith("running_var"):
             buffer.uniform_(0.05, 0.5)
     torch.save({"format": evaluate.CHECKPOINT_FORMAT, "config": evaluate.config_dict(model.config),
                 "model": model.state_dict(), "train_args": {"patch": PATCH}}, path)

@@ -10,6 +10,7 @@ import data
 import evaluate
 import train
 from dis2 import SCENARIOS
+from tools import hf_calibration
 
 TOY = ["--epochs", "1", "--width", "4", "--patch", "32", "--samples-per-epoch", "4", "--batch-size", "2"]
 
@@ -68,7 +69,7 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
     assert (out / "runs" / "hf+cw" / "seed1" / "test.json").is_file()
 
 
-def test_a_calibration_run_trains_only_the_variants_asked_for(tmp_path):
+def test_a_calibration_run_trains_only_the_variants_asked_for(tmp_path, capsys):
     root, out = tmp_path / "data", tmp_path / "reproduction"
     data.synthesize(root, dataset="vaihingen", tiles=4, size=64, seed=1)
     train.main(["--reproduce", str(out), "--data", str(root), "--variants", "hf", *TOY])
@@ -76,6 +77,32 @@ def test_a_calibration_run_trains_only_the_variants_asked_for(tmp_path):
     assert sorted(p.name for p in (out / "runs" / "hf").iterdir()) == ["seed0", "seed1", "seed2"]
     tables = (out / "tables.md").read_text()
     assert "## Table 1 analogue" not in tables and "| Hierarchical Fusion (HF) (3 seeds) |" in tables
+    capsys.readouterr()
+    hf_calibration.main([str(out)])  # the calibration rule, checked on these runs
+    printed = capsys.readouterr().out
+    assert "HF, 3 seeds (seed0, seed1, seed2)" in printed
+    assert sum(line.startswith(("holds: ", "DOES NOT HOLD: ")) for line in printed.splitlines()) == 3
+
+
+def paper_hf_scores(ndsm_only=(66.07, 82.50, 40.23, 68.36, 30.02), irrg_only=(81.88, 85.37, 70.87, 81.86, 62.94)):
+    """The paper's HF (Table 2, Vaihingen) as one run's test.json scores, clutter left out as in mF1."""
+    rows = {"full": (85.76, 89.38, 74.51, 83.00, 68.28), "missing_rgir": ndsm_only, "missing_ndsm": irrg_only}
+    return {s: dict(f1=dict(zip(data.CLASSES, f1)), mF1=float(np.mean(f1))) for s, f1 in rows.items()}
+
+
+def test_calibration_rule_holds_on_the_papers_hf_and_fails_where_it_should():
+    table = hf_calibration.mean_scores([paper_hf_scores()])
+    assert [holds for _, holds in hf_calibration.rule_checks(table)] == [True, True, True]
+    assert table["missing_rgir"]["mF1"][0] == pytest.approx(57.44, abs=0.01)
+    # With the NDSM alone, impervious surfaces worst and low vegetation best: the second part fails.
+    swapped = hf_calibration.mean_scores([paper_hf_scores(ndsm_only=(40.23, 82.50, 66.07, 68.36, 30.02))])
+    assert [holds for _, holds in hf_calibration.rule_checks(swapped)] == [True, False, True]
+    # Buildings below 75 with the IRRG alone, and missing NDSM as hard as missing RGIR.
+    weak = hf_calibration.mean_scores([paper_hf_scores(irrg_only=(66.07, 70.0, 40.23, 68.36, 30.02))])
+    assert [holds for _, holds in hf_calibration.rule_checks(weak)] == [False, True, False]
+    # Means over seeds: the rule is read on the mean, the spread is the sample standard deviation.
+    two = hf_calibration.mean_scores([paper_hf_scores(), paper_hf_scores(ndsm_only=(62.07, 82.50, 44.23, 68.36, 30.02))])
+    assert two["missing_rgir"]["impervious_surface"] == pytest.approx((64.07, np.std([66.07, 62.07], ddof=1)))
 
 
 def test_reproduction_flags_need_reproduce(capsys):

@@ -1,0 +1,80 @@
+"""The calibration rule of the synthetic benchmark (docs/synthetic_benchmark.md), checked on the
+HF runs of a reproduction:
+
+    python tools/hf_calibration.py docs/reproduction
+
+reads DIR/runs/hf/seed*/test.json, prints HF's F1 per class and mF1 in each scenario (mean and
+standard deviation over the seeds found) and whether each part of the rule holds on the means.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import data  # noqa: E402
+from evaluate import ROW_NAMES  # noqa: E402
+
+LARGE_CLASSES = ("impervious_surface", "building", "low_vegetation", "tree")
+GAP_RATIO = 3  # full minus missing-RGIR mF1 at least this many times full minus missing-NDSM
+IRRG_BUILDING_F1 = 75
+
+
+def mean_scores(runs: list[dict]) -> dict:
+    """scenario -> {class or "mF1": (mean, std over runs)}; NaN where a class is absent from the
+    test tiles and never predicted (its F1 is undefined: None in test.json)."""
+    table = {}
+    for scenario in ROW_NAMES:
+        columns = {name: [r[scenario]["f1"][name] for r in runs] for name in data.CLASSES[:5]}
+        columns["mF1"] = [r[scenario]["mF1"] for r in runs]
+        table[scenario] = {}
+        for name, values in columns.items():
+            v = np.array([np.nan if x is None else x for x in values])
+            table[scenario][name] = (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
+    return table
+
+
+def rule_checks(table: dict) -> list[tuple[str, bool]]:
+    """Each part of the rule, said with its numbers, and whether it holds on the means."""
+    mean = {s: {k: v[0] for k, v in row.items()} for s, row in table.items()}
+    gap_rgir = mean["full"]["mF1"] - mean["missing_rgir"]["mF1"]
+    gap_ndsm = mean["full"]["mF1"] - mean["missing_ndsm"]["mF1"]
+    ratio = gap_rgir / gap_ndsm if gap_ndsm > 0 else float("inf")  # missing NDSM costs nothing: any gap is larger
+    ndsm_order = sorted(LARGE_CLASSES, key=lambda name: mean["missing_rgir"][name])
+    irrg = mean["missing_ndsm"]
+    irrg_worst = min(data.CLASSES[:5], key=lambda name: irrg[name])
+    return [
+        (f"missing RGIR is the hardest: full minus missing-RGIR mF1 {gap_rgir:.2f} is "
+         f"{ratio:.1f} times full minus missing-NDSM {gap_ndsm:.2f} (at least {GAP_RATIO})",
+         gap_rgir > 0 and ratio >= GAP_RATIO),
+        ("NDSM alone, the four large classes from worst: " +
+         ", ".join(f"{name} {mean['missing_rgir'][name]:.1f}" for name in ndsm_order) +
+         " (low_vegetation worst, impervious_surface second)",
+         ndsm_order[:2] == ["low_vegetation", "impervious_surface"]),
+        (f"IRRG alone: building {irrg['building']:.1f} (at least {IRRG_BUILDING_F1}), "
+         f"worst class {irrg_worst} {irrg[irrg_worst]:.1f} (car)",
+         irrg["building"] >= IRRG_BUILDING_F1 and irrg_worst == "car"),
+    ]
+
+
+def main(argv=None):
+    p = data.ArgumentParser(description="Check the synthetic benchmark's calibration rule on HF runs.")
+    p.add_argument("reproduction", help="the --reproduce directory (holding runs/hf/seed*/test.json)")
+    args = p.parse_args(argv)
+    files = sorted(Path(args.reproduction).glob("runs/hf/seed*/test.json"))
+    if not files:
+        raise data.DataError(f"no HF runs in {args.reproduction} (runs/hf/seed*/test.json): "
+                             "run python train.py --reproduce DIR --variants hf first")
+    table = mean_scores([json.loads(f.read_text())["scores"] for f in files])
+    print(f"HF, {len(files)} seeds ({', '.join(f.parent.name for f in files)}): F1 % mean ± std")
+    print(f"{'scenario':<26}" + "".join(f"{name[:12]:>14}" for name in table["full"]))
+    for scenario, row in table.items():
+        print(f"{ROW_NAMES[scenario]:<26}" + "".join(f"{m:8.2f} ±{s:4.1f}" for m, s in row.values()))
+    for text, holds in rule_checks(table):
+        print(f"{'holds' if holds else 'DOES NOT HOLD'}: {text}")
+
+
+if __name__ == "__main__":
+    data.exit_on_user_error(main)
