@@ -24,6 +24,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -738,14 +739,13 @@ def reproduce_run(args, variant, seed, out, data_dir, device, amp_dtype):
                                        feature_distance=True, save_dir=save_dir, channels_last=args.channels_last)
     result = dict(scores=scores, feature_distance=evaluate.distances_by_name(distances),
                   train_seconds=float(seconds_file.read_text()), evaluate_seconds=time.perf_counter() - start)
-    if seed == args.seed:
-        # Figures 4 and 6 now, while the model is at hand: a later session may no longer have
-        # the checkpoints (they are not committed), only test.json, metrics.csv and the colour maps.
-        tile = test_tiles[0]
-        if variant == "dis2":
-            evaluate.figure_attention(model, tile, args.patch, device, out / "figure6_attention.png")
-        if variant in FIGURE4_NAMES:
-            evaluate.figure_queries(model, tile, args.patch, device, out / FIGURE4_NAMES[variant])
+    # Figures 4 and 6 now, while the model is at hand: a later session may no longer have the
+    # checkpoints (they are not committed). Each run keeps its own, so seeds can run in parallel;
+    # reproduction_figures copies the first seed's.
+    if variant == "dis2":
+        evaluate.figure_attention(model, test_tiles[0], args.patch, device, run / FIGURE6_NAME)
+    if variant in FIGURE4_NAMES:
+        evaluate.figure_queries(model, test_tiles[0], args.patch, device, run / FIGURE4_NAMES[variant])
     (run / "test.json").write_text(json.dumps(result, indent=2))
     return True
 
@@ -764,14 +764,20 @@ def loss_flattening(curve):
 
 
 FIGURE4_NAMES = {"dis2": "figure4_queries.png", "dis2-per-scenario": "figure4_queries_per_scenario.png"}
+FIGURE6_NAME = "figure6_attention.png"  # of DIS2, shared layout
 
 
 def reproduction_figures(out, seeds, test_tiles, curves):
-    """Figure 3 (predictions of HF and DIS2 from the first seed's colour maps)
-    and the training-loss curves of every run; reproduce_run draws Figures 4 and 6."""
+    """Figure 3 (predictions of HF and DIS2 from the first seed's colour maps),
+    the training-loss curves of every run, and Figures 4 and 6 of the first
+    seed, which reproduce_run drew into its run directory."""
     evaluate.figure_training_loss(curves, out / "figure_training_loss.png")
+    first_run = lambda v: out / "runs" / v / f"seed{seeds[v][0]}"
+    for variant, name in [*FIGURE4_NAMES.items(), ("dis2", FIGURE6_NAME)]:
+        if variant in seeds:
+            shutil.copyfile(first_run(variant) / name, out / name)
     figure_tiles = test_tiles[:3]
-    maps = lambda v: out / "runs" / v / f"seed{seeds[v][0]}" / "predictions"
+    maps = lambda v: first_run(v) / "predictions"
     predictions = {v: {s: {t.name: data.rgb_to_labels(np.asarray(Image.open(maps(v) / f"{t.name}_{s}.png")))
                            for t in figure_tiles} for s in SCENARIOS} for v in ("hf", "dis2") if v in seeds}
     evaluate.figure_predictions(figure_tiles, predictions, out / "figure3_predictions.png")

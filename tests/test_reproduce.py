@@ -59,6 +59,10 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
         assert np.asarray(image.convert("RGB")).std() > 0, name  # not blank
     shared, per_scenario = Image.open(out / "figure4_queries.png"), Image.open(out / "figure4_queries_per_scenario.png")
     assert per_scenario.size[0] > shared.size[0]  # one query heatmap per scenario instead of one shared
+    # Every run draws its own Figures 4 and 6 (seeds may run in parallel); the reproduction shows the first seed's.
+    for variant, name in [*train.FIGURE4_NAMES.items(), ("dis2", train.FIGURE6_NAME)]:
+        first, second = (out / "runs" / variant / f"seed{seed}" / name for seed in (0, 1))
+        assert (out / name).read_bytes() == first.read_bytes() and second.is_file()
 
     # Run again: every run is reused; a run without its scores is scored again, and only it.
     (out / "runs" / "hf+cw" / "seed1" / "test.json").unlink()
