@@ -6,7 +6,6 @@ HF runs of a reproduction:
 reads DIR/runs/hf/seed*/test.json, prints HF's F1 per class and mF1 in each scenario (mean and
 standard deviation over the seeds found) and whether each part of the rule holds on the means.
 """
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
-from evaluate import ROW_NAMES  # noqa: E402
+from evaluate import ROW_NAMES, spread  # noqa: E402
 
 LARGE_CLASSES = ("impervious_surface", "building", "low_vegetation", "tree")
 GAP_RATIO = 3  # full minus missing-RGIR mF1 at least this many times full minus missing-NDSM
@@ -23,16 +22,13 @@ IRRG_BUILDING_F1 = 75
 
 
 def mean_scores(runs: list[dict]) -> dict:
-    """scenario -> {class or "mF1": (mean, std over runs)}; NaN where a class is absent from the
+    """scenario -> {class or "mF1": (mean, std over runs or None for one run)}; NaN where a class is absent from the
     test tiles and never predicted (its F1 is undefined: None in test.json)."""
     table = {}
     for scenario in ROW_NAMES:
         columns = {name: [r[scenario]["f1"][name] for r in runs] for name in data.CLASSES[:5]}
         columns["mF1"] = [r[scenario]["mF1"] for r in runs]
-        table[scenario] = {}
-        for name, values in columns.items():
-            v = np.array([np.nan if x is None else x for x in values])
-            table[scenario][name] = (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
+        table[scenario] = {name: spread([np.nan if x is None else x for x in values]) for name, values in columns.items()}
     return table
 
 
@@ -71,7 +67,7 @@ def main(argv=None):
     print(f"HF, {len(files)} seeds ({', '.join(f.parent.name for f in files)}): F1 % mean ± std")
     print(f"{'scenario':<26}" + "".join(f"{name[:12]:>14}" for name in table["full"]))
     for scenario, row in table.items():
-        print(f"{ROW_NAMES[scenario]:<26}" + "".join(f"{m:8.2f} ±{s:4.1f}" for m, s in row.values()))
+        print(f"{ROW_NAMES[scenario]:<26}" + "".join(f"{m:8.2f} ±{s or 0:4.1f}" for m, s in row.values()))
     for text, holds in rule_checks(table):
         print(f"{'holds' if holds else 'DOES NOT HOLD'}: {text}")
 
