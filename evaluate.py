@@ -400,19 +400,22 @@ def tables_markdown(results, training, title):
         rows.append([f"**{ROW_NAMES[s]}**", *[""] * (len(SCORE_HEADER) - 1)])
         rows += [row(f"{VARIANT_NAMES[v]} ({seeds(v)})", runs, s) for v, runs in results.items()]
     parts += ["## Table 2 analogue: the ablation (F1 %)", "", markdown_table(SCORE_HEADER, rows), ""]
+    def paired_row(s, v, baseline, outcomes):
+        d = paired_difference(per_seed(results[v], s, "mF1"), per_seed(results[baseline], s, "mF1"))
+        class_means = [paired_difference(per_seed(results[v], s, c), per_seed(results[baseline], s, c)) for c in SCORED]
+        per_class = ["-" if c is None else f"{c[0]:+.2f}" for c in class_means]
+        return [ROW_NAMES[s], VARIANT_NAMES[v], show_difference(d), outcomes.get(verdict(d), "not resolved"), *per_class]
+
+    delta_header = [f"Δ {c}" for c in COLUMN_NAMES]
     if "hf" in results and len(results) > 1:
-        rows = []
-        for s in SCENARIOS:
-            for v in results:
-                if v == "hf":
-                    continue
-                d = paired_difference(per_seed(results[v], s, "mF1"), per_seed(results["hf"], s, "mF1"))
-                class_means = [paired_difference(per_seed(results[v], s, c), per_seed(results["hf"], s, c)) for c in SCORED]
-                per_class = ["-" if c is None else f"{c[0]:+.2f}" for c in class_means]
-                outcome = {"above": "better", "below": "worse"}.get(verdict(d), "not resolved")
-                rows.append([ROW_NAMES[s], VARIANT_NAMES[v], show_difference(d), outcome, *per_class])
+        rows = [paired_row(s, v, "hf", {"above": "better", "below": "worse"}) for s in SCENARIOS for v in results if v != "hf"]
         parts += ["## Paired differences against HF (same seeds): mF1 mean ± standard error, and the mean per class", "",
-                  markdown_table(["Scenario", "Variant", "Δ mF1", "vs HF", *(f"Δ {c}" for c in COLUMN_NAMES)], rows), ""]
+                  markdown_table(["Scenario", "Variant", "Δ mF1", "vs HF", *delta_header], rows), ""]
+    if "dis2" in results and "dis2-per-scenario" in results:
+        rows = [paired_row(s, "dis2-per-scenario", "dis2", {"above": "per-scenario better", "below": "shared better"})
+                for s in SCENARIOS]
+        parts += ["## The two DIS2 layouts: per-scenario minus shared (same seeds)", "",
+                  markdown_table(["Scenario", "Variant", "Δ mF1", "outcome", *delta_header], rows), ""]
     rows = []
     for a, b in DISTANCE_PAIRS:
         for v, runs in results.items():

@@ -28,14 +28,16 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
 
     tables = (out / "tables.md").read_text()
     for heading in ("## Table 1 analogue", "## Table 2 analogue", "## Paired differences against HF",
-                    "## Table 3 analogue", "## Training: has the loss flattened?", "## The paper's claims"):
+                    "## The two DIS2 layouts", "## Table 3 analogue", "## Training: has the loss flattened?", "## The paper's claims"):
         assert tables.count(heading) == 1, heading
     table2 = tables.split("## Table 2 analogue")[1].split("## Paired")[0]
     for name in evaluate.VARIANT_NAMES.values():
         assert table2.count(f"| {name} (2 seeds) |") == 3, name  # one row per scenario
         assert " ± " in table2
-    paired = tables.split("## Paired differences")[1].split("## Table 3")[0]
+    paired = tables.split("## Paired differences")[1].split("## The two DIS2 layouts")[0]
     assert paired.count("(n=2)") == 3 * 4  # every scenario, every variant but HF
+    layouts = tables.split("## The two DIS2 layouts")[1].split("## Table 3")[0]
+    assert layouts.count("(n=2)") == 3  # one row per scenario
     claims = [line for line in tables.split("## The paper's claims")[1].splitlines() if line.startswith("- ")]
     assert len(claims) == 7  # beats HF and shrinks the distance (two layouts each), hardest scenario (three variants)
     assert all(any(f"**{o}**" in c for o in ("holds", "does not hold", "not resolved")) for c in claims)
@@ -148,3 +150,14 @@ def test_claims_hold_only_beyond_two_standard_errors():
     assert outcome({"hf": hf, "dis2": noisy}, shrinks) == "not resolved"  # identical distances
     worse = {seed: fake_run((90, 50 + seed, 85 + seed), 1.0) for seed in range(3)}
     assert outcome({"hf": hf, "dis2": worse}, beats) == "does not hold"
+
+
+def test_the_layout_table_compares_per_scenario_with_shared_on_the_same_seeds():
+    hf = {seed: fake_run((90, 60 + seed, 85 + seed), 1.0) for seed in range(3)}
+    shared = {seed: fake_run((92, 64 + seed, 87 + seed), 0.5) for seed in range(3)}
+    per_scenario = {seed: fake_run((92, 66 + 2 * seed, 86 + seed), 0.5) for seed in range(3)}  # +2, +3, +4; -1 always
+    tables = evaluate.tables_markdown({"hf": hf, "dis2": shared, "dis2-per-scenario": per_scenario}, {}, "toy")
+    rows = [line for line in tables.split("## The two DIS2 layouts")[1].split("## Table 3")[0].splitlines()
+            if line.startswith("| ") and "(n=3)" in line]
+    assert [row.split(" | ")[3] for row in rows] == ["not resolved", "per-scenario better", "shared better"]
+    assert "+3.00 ± 0.58 (n=3)" in rows[1] and "-1.00 ± 0.00 (n=3)" in rows[2]
