@@ -350,11 +350,16 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
             raise DataError(f"{args.resume}: the run already finished {state['epoch']} epochs; pass --epochs N with a larger N to go on")
         log(f"resuming {out} at epoch {state['epoch'] + 1}, step {state['step_in_epoch']} of {steps_per_epoch}")
     model = wrap_model(net, device, world, args.compile, args.channels_last)
+    seconds_before, started = state.get("train_seconds", 0.0), time.perf_counter()
 
     def checkpoint_state():
+        # The wall time spent on the run rides in every checkpoint, so a run killed without
+        # warning (a session's end) loses only the time since its last save.
+        seconds = seconds_before + time.perf_counter() - started
         return dict(
             format=CHECKPOINT_FORMAT, model=net.state_dict(), optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_states(), state=dict(state),
+            scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_states(),
+            state=dict(state, train_seconds=seconds),
             config=config_dict(config), train_args={k: v for k, v in vars(args).items() if k != "resume"},
             data=str(Path(args.data).resolve()), dataset=dataset,
         )
@@ -717,18 +722,14 @@ def reproduce_run(args, variant, seed, out, data_dir, device, amp_dtype):
         print(f"{variant}, seed {seed}: trained and scored already ({run})")
         return True
     checkpoint = load_checkpoint(run / "last.pt") if (run / "last.pt").exists() else None
-    seconds_file = run / "train_seconds.txt"
     if not checkpoint or checkpoint["state"]["epoch"] < args.epochs:
         run_args = argparse.Namespace(**{**vars(args), **{k: v for k, v in REPRODUCTION[variant].items() if k != "seeds"},
                                          "seed": seed, "out": str(run), "data": str(data_dir), "reproduce": None,
                                          "full": False, "resume": str(run / "last.pt") if checkpoint else None})
-        start = time.perf_counter()
-        finished = train(run_args, checkpoint, device, amp_dtype, rank=0, world=1)
-        # Training may take several sessions: its wall time adds up over them.
-        spent = float(seconds_file.read_text()) if seconds_file.exists() else 0.0
-        seconds_file.write_text(f"{spent + time.perf_counter() - start:.1f}")
-        if not finished:
+        if not train(run_args, checkpoint, device, amp_dtype, rank=0, world=1):
             return False
+    # Training may take several sessions: last.pt holds its wall time summed over them.
+    train_seconds = load_checkpoint(run / "last.pt")["state"]["train_seconds"]
     start = time.perf_counter()
     model = model_from_checkpoint(load_checkpoint(run / "best.pt"), device, channels_last=args.channels_last)
     # Colour maps of HF's and DIS2's runs feed Figure 3.
@@ -738,7 +739,7 @@ def reproduce_run(args, variant, seed, out, data_dir, device, amp_dtype):
                                        args.patch, args.patch // 4, args.batch_size, device, amp_dtype,
                                        feature_distance=True, save_dir=save_dir, channels_last=args.channels_last)
     result = dict(scores=scores, feature_distance=evaluate.distances_by_name(distances),
-                  train_seconds=float(seconds_file.read_text()), evaluate_seconds=time.perf_counter() - start)
+                  train_seconds=train_seconds, evaluate_seconds=time.perf_counter() - start)
     # Figures 4 and 6 now, while the model is at hand: a later session may no longer have the
     # checkpoints (they are not committed). Each run keeps its own, so seeds can run in parallel;
     # reproduction_figures copies the first seed's.

@@ -25,6 +25,8 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
             assert (run / "best.pt").is_file() and (run / "test.json").is_file()
             config = evaluate.load_checkpoint(run / "best.pt")["config"]
             assert config["layout"] == settings["layout"] and evaluate.load_checkpoint(run / "best.pt")["train_args"]["seed"] == seed
+            seconds = json.loads((run / "test.json").read_text())["train_seconds"]
+            assert seconds > 0 and seconds == evaluate.load_checkpoint(run / "last.pt")["state"]["train_seconds"]
 
     tables = (out / "tables.md").read_text()
     for heading in ("## Table 1 analogue", "## Table 2 analogue", "## Paired differences against HF",

@@ -174,6 +174,8 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(dataset, tmp_path
     assert not (interrupted / "metrics.csv").exists()
     monkeypatch.setattr(train, "dis2_loss", real_loss)
     train.main(["--resume", str(interrupted)])
+    # The wall time of the run adds up over its parts.
+    assert 0 < state["train_seconds"] < evaluate.load_checkpoint(interrupted / "last.pt")["state"]["train_seconds"]
 
     a, b = final_weights(straight), final_weights(interrupted)
     assert a.keys() == b.keys()
