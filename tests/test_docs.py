@@ -195,3 +195,28 @@ def test_paper_to_code_names_exist():
     assert len(names) > 20, names
     missing = [name for name in names if not resolve(name)]
     assert not missing, f"README's paper-to-code table cites names the code lacks: {missing}"
+
+
+def section(text, heading):
+    """The text under a '## heading', up to the next '## ' heading."""
+    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_results_in_readme_and_reproduction_md_are_the_reproductions_tables():
+    tables = (ROOT / "docs" / "reproduction" / "tables.md").read_text(encoding="utf-8")
+    # Table 2 analogue: a bold scenario row, then one row per variant in train.REPRODUCTION's order.
+    mf1 = {}
+    for line in section(tables, "Table 2 analogue: the ablation (F1 %)").splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| **"):
+            scenario, variants = cells[0].strip("*"), iter(train.REPRODUCTION)
+        elif line.startswith("| ") and " (" in cells[0]:
+            mf1[scenario, next(variants)] = cells[evaluate.SCORE_HEADER.index("mF1")]
+    readme_rows = [[c.strip() for c in line.strip("|").split("|")][1:]
+                   for line in section((ROOT / "README.md").read_text(encoding="utf-8"), "Results").splitlines()
+                   if line.startswith("| ") and "±" in line]
+    assert readme_rows == [[mf1[evaluate.ROW_NAMES[s], v] for v in train.REPRODUCTION] for s in dis2.SCENARIOS]
+
+    claim_table = section((ROOT / "docs" / "reproduction.md").read_text(encoding="utf-8"), "Results")
+    differences = re.findall(r"[+-]\d+\.\d\d ± \d+\.\d\d", claim_table.split("**Claim 2")[0])
+    assert len(differences) == 6 and all(f"{d} (n=3)" in tables for d in differences)
