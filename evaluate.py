@@ -400,6 +400,7 @@ def tables_markdown(results, training, title):
         rows.append([f"**{ROW_NAMES[s]}**", *[""] * (len(SCORE_HEADER) - 1)])
         rows += [row(f"{VARIANT_NAMES[v]} ({seeds(v)})", runs, s) for v, runs in results.items()]
     parts += ["## Table 2 analogue: the ablation (F1 %)", "", markdown_table(SCORE_HEADER, rows), ""]
+
     def paired_row(s, v, baseline, outcomes):
         d = paired_difference(per_seed(results[v], s, "mF1"), per_seed(results[baseline], s, "mF1"))
         class_means = [paired_difference(per_seed(results[v], s, c), per_seed(results[baseline], s, c)) for c in SCORED]

@@ -728,8 +728,9 @@ def reproduce_run(args, variant, seed, out, data_dir, device, amp_dtype):
                                          "full": False, "resume": str(run / "last.pt") if checkpoint else None})
         if not train(run_args, checkpoint, device, amp_dtype, rank=0, world=1):
             return False
+        checkpoint = load_checkpoint(run / "last.pt")
     # Training may take several sessions: last.pt holds its wall time summed over them.
-    train_seconds = load_checkpoint(run / "last.pt")["state"]["train_seconds"]
+    train_seconds = checkpoint["state"]["train_seconds"]
     start = time.perf_counter()
     model = model_from_checkpoint(load_checkpoint(run / "best.pt"), device, channels_last=args.channels_last)
     # Colour maps of HF's and DIS2's runs feed Figure 3.

@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
-from evaluate import ROW_NAMES, spread  # noqa: E402
+from evaluate import ROW_NAMES, SCORED, spread  # noqa: E402
 
 LARGE_CLASSES = ("impervious_surface", "building", "low_vegetation", "tree")
 GAP_RATIO = 3  # full minus missing-RGIR mF1 at least this many times full minus missing-NDSM
@@ -26,7 +26,7 @@ def mean_scores(runs: list[dict]) -> dict:
     test tiles and never predicted (its F1 is undefined: None in test.json)."""
     table = {}
     for scenario in ROW_NAMES:
-        columns = {name: [r[scenario]["f1"][name] for r in runs] for name in data.CLASSES[:5]}
+        columns = {name: [r[scenario]["f1"][name] for r in runs] for name in SCORED}
         columns["mF1"] = [r[scenario]["mF1"] for r in runs]
         table[scenario] = {name: spread([np.nan if x is None else x for x in values]) for name, values in columns.items()}
     return table
@@ -40,7 +40,7 @@ def rule_checks(table: dict) -> list[tuple[str, bool]]:
     ratio = gap_rgir / gap_ndsm if gap_ndsm > 0 else float("inf")  # missing NDSM costs nothing: any gap is larger
     ndsm_order = sorted(LARGE_CLASSES, key=lambda name: mean["missing_rgir"][name])
     irrg = mean["missing_ndsm"]
-    irrg_worst = min(data.CLASSES[:5], key=lambda name: irrg[name])
+    irrg_worst = min(SCORED, key=lambda name: irrg[name])
     return [
         (f"missing RGIR is the hardest: full minus missing-RGIR mF1 {gap_rgir:.2f} is "
          f"{ratio:.1f} times full minus missing-NDSM {gap_ndsm:.2f} (at least {GAP_RATIO})",
