@@ -1,6 +1,6 @@
 """
 Train DIS2, or one of the variants of the paper's ablation (Table 2), on ISPRS
-Vaihingen or Potsdam (or the synthetic scenes of `python data.py synth`).
+Vaihingen or Potsdam (or the synthetic scenes of `python synth.py`).
 
     python train.py --data vaihingen/ --epochs 100
     python train.py --resume                       # continue the latest run under runs/
@@ -21,10 +21,8 @@ of the seed, the epoch and the step alone).
 
 import argparse
 import csv
-import json
 import os
 import random
-import shutil
 import signal
 import sys
 import time
@@ -38,63 +36,45 @@ import torch.distributed.nn as dist_nn
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
-from PIL import Image
 from tqdm import tqdm
 
 import data
-import evaluate
 from data import DataError
 from dis2 import ABLATIONS, DIS2, DIS2Config, LAYOUTS, SCENARIOS, ScenarioBatchNorm2d
-from evaluate import (
+from evaluate import evaluate_tiles
+from losses import TERMS, dis2_loss, median_frequency_weights
+from runtime import (
     AMP_HELP,
-    BENCHMARK_WARMUP,
     CHANNELS_LAST_HELP,
     CHECKPOINT_FORMAT,
     PRECISIONS,
     autocast_dtype,
     check_patch,
     config_dict,
-    count_flops,
-    evaluate_tiles,
     latest_checkpoint,
     load_checkpoint,
-    measure,
-    model_from_checkpoint,
     precision,
-    report_benchmark,
     resolve_device,
+    save_checkpoint,
     use_channels_last,
     writable_dir,
 )
-from losses import TERMS, dis2_loss, median_frequency_weights
 
 # Flags a resumed run may change; every other setting comes from the checkpoint.
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "compile", "amp", "channels_last")
-# Defaults of the flags that set the budget: ordinary training (the paper's sizes),
-# and the reproduction (--reproduce): every run of REPRODUCTION within 4 hours on 2 CPU cores or, with --full, on a GPU.
-BUDGETS = {
-    "train": dict(epochs=100, batch_size=8, patch=512, samples_per_epoch=2000, width=32),
-    "reproduce": dict(epochs=20, batch_size=8, patch=128, samples_per_epoch=800, width=16),
-    "reproduce-full": dict(epochs=100, batch_size=8, patch=512, samples_per_epoch=2000, width=32),
-}
-# The reproduction's runs: the four variants of Table 2 and DIS2 in the authors' per-scenario
-# layout, each with its number of seeds (3 where a claim needs the spread over seeds).
-REPRODUCTION = {
-    "hf": dict(ablation="hf", layout="shared", seeds=3),
-    "hf+cw": dict(ablation="hf+cw", layout="shared", seeds=1),
-    "hf+dlkd": dict(ablation="hf+dlkd", layout="shared", seeds=1),
-    "dis2": dict(ablation="dis2", layout="shared", seeds=3),
-    "dis2-per-scenario": dict(ablation="dis2", layout="per-scenario", seeds=3),
-}
-# The synthetic benchmark of the reproduction (Vaihingen layout): tiles, tile side, generator seed.
-SYNTHETIC_BENCHMARKS = {
-    "reproduce": dict(tiles=33, size=640, seed=2026),
-    "reproduce-full": dict(tiles=33, size=2000, seed=2026),
+# Defaults of the flags that set the budget: the paper's sizes.
+BUDGET = dict(epochs=100, batch_size=8, patch=512, samples_per_epoch=2000, width=32)
+# Flags of earlier versions that now belong to another command.
+MOVED = {
+    **{flag: "python reproduce.py DIR" for flag in ("--reproduce", "--full", "--variants", "--seeds")},
+    "--benchmark": "python bench.py",
+    "--repeats": "python bench.py",
 }
 
 
-def parse_args(argv=None):
-    p = data.ArgumentParser(description="Train DIS2 on ISPRS Vaihingen or Potsdam.")
+def training_parser(description="Train DIS2 on ISPRS Vaihingen or Potsdam."):
+    """The flags of a training run; reproduce.py adds its own to the same parser."""
+    p = data.ArgumentParser(description=description)
     p.add_argument("--data", help="directory holding the ISPRS files (any layout below it)")
     p.add_argument("--dataset", choices=data.DATASETS, help="override the detected dataset")
     p.add_argument("--epochs", type=data.positive_int, help="epochs to train (default 100)")
@@ -122,23 +102,15 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, help="data loader processes (default: 4 with CUDA, 0 on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--benchmark", action="store_true",
-                   help="check one training step and one evaluation window in each precision, then time "
-                        "training steps on random inputs at --patch/--batch-size/--device, count their GFLOP "
-                        "and exit (docs/speed.md)")
-    p.add_argument("--repeats", type=data.positive_int, default=5, help="timed steps of --benchmark")
-    p.add_argument("--reproduce", metavar="DIR",
-                   help="train the runs of the reproduction (Table 2's variants and DIS2 in the authors' layout, "
-                        "over seeds), score them and write DIR/tables.md and the figures (on the synthetic "
-                        "benchmark, or on --data); the same command resumes; see docs/reproduction.md")
-    p.add_argument("--full", action="store_true", help="with --reproduce: the paper's sizes, for a GPU")
-    p.add_argument("--variants", type=variant_list,
-                   help=f"with --reproduce: the runs to train, comma-separated (default: all of {','.join(REPRODUCTION)})")
-    p.add_argument("--seeds", type=data.positive_int,
-                   help="with --reproduce: seeds per variant (default: 3 for hf, dis2 and dis2-per-scenario, 1 for the others)")
-    args = p.parse_args(argv)
-    if (args.full or args.seeds or args.variants) and not args.reproduce:
-        raise DataError("--full, --variants and --seeds only apply to --reproduce DIR")
+    return p
+
+
+def parse_args(argv=None):
+    data.refuse_moved(argv, MOVED)
+    return check_args(training_parser().parse_args(argv))
+
+
+def check_args(args):
     if not 0 <= args.p_missing_rgir <= 1:
         raise DataError(f"--p-missing-rgir {args.p_missing_rgir}: must be a probability in [0, 1]")
     if args.patch is not None:
@@ -146,21 +118,9 @@ def parse_args(argv=None):
     return args
 
 
-def variant_list(text):
-    variants = [v for v in text.split(",") if v]
-    unknown = [v for v in variants if v not in REPRODUCTION]
-    if unknown or not variants:
-        raise argparse.ArgumentTypeError(f"{text!r}: give names from {', '.join(REPRODUCTION)}, comma-separated")
-    return variants
-
-
-def budget_name(args):
-    return "train" if not args.reproduce else "reproduce-full" if args.full else "reproduce"
-
-
-def fill_budget(args):
-    """Budget flags left out take the defaults of the mode (BUDGETS)."""
-    for name, value in BUDGETS[budget_name(args)].items():
+def fill_budget(args, budget=BUDGET):
+    """Budget flags left out take the defaults of `budget`."""
+    for name, value in budget.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     return args
@@ -168,22 +128,6 @@ def fill_budget(args):
 
 # -----------------------------------------------------------------------------
 # Checkpoints
-
-
-def save_checkpoint(state, path):
-    """Write to a temporary file in the same directory, then rename: a crash or
-    a kill during the write leaves the previous checkpoint as it was."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def resume_checkpoint(resume):
@@ -212,8 +156,9 @@ def set_rng_states(states):
 # Training pieces
 
 
-def make_optimizer(model, args, steps_per_epoch):
-    total_steps = args.epochs * steps_per_epoch
+def make_optimizer(model, args, steps_per_epoch, extension=None):
+    """The optimiser and its learning-rate schedule, stepped once per optimiser step.
+    `extension`: see cosine_schedule."""
     if args.optimizer == "sgd":
         # The authors' run_experiment_35.py: SGD with Nesterov momentum 0.99, torch's default learning
         # rate 1e-3, no weight decay, cosine annealing restarted every 15 optimiser steps.
@@ -221,10 +166,39 @@ def make_optimizer(model, args, steps_per_epoch):
         scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=15)
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr or 1e-3, weight_decay=1e-2)
-        warmup = min(500, total_steps // 10 + 1)
-        schedule = lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(step / total_steps, 1.0)))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(args.epochs * steps_per_epoch, extension))
     return optimizer, scheduler
+
+
+def cosine_schedule(total_steps, extension=None):
+    """The multiplier of the peak learning rate at each optimiser step: a linear warm-up over
+    min(500, 10% of the steps), then a cosine decay to 0 at `total_steps`. A run whose length
+    changed on resume passes `extension` = (step, multiplier at that step): from there the
+    multiplier decays by a cosine from where it was to 0 at the new `total_steps`, so the
+    learning rate goes on without a jump."""
+    warmup = min(500, total_steps // 10 + 1)
+
+    def schedule(step):
+        if extension is not None and step >= extension[0]:
+            start, factor = extension
+            return factor * 0.5 * (1 + np.cos(np.pi * min((step - start) / max(total_steps - start, 1), 1.0)))
+        return min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(step / total_steps, 1.0)))
+
+    return schedule
+
+
+def schedule_extension(checkpoint, args):
+    """(step, multiplier) where a resumed AdamW run's schedule is re-planned: when --epochs differs
+    from the checkpoint's, now; else the one the run already had (None: the original schedule)."""
+    extension = checkpoint["state"].get("schedule_extension")
+    if args.optimizer != "adamw" or args.epochs == checkpoint["train_args"]["epochs"]:
+        return extension
+    scheduler = checkpoint["scheduler"]
+    factor = scheduler["_last_lr"][0] / scheduler["base_lrs"][0]
+    if factor <= 0:
+        raise DataError(f"{args.resume}: the run has finished its learning-rate schedule (the rate is 0), so training "
+                        f"on would not change it; to train for {args.epochs} epochs, start a new run with --epochs {args.epochs}")
+    return scheduler["last_epoch"], factor
 
 
 def missing_modality(seed, step, p_missing_rgir):
@@ -282,8 +256,8 @@ def prepare(argv):
         args = argparse.Namespace(**{**vars(args), **checkpoint["train_args"], **given, "resume": str(path)})
         args.out = str(path.parent)
     else:
-        if not args.data and not args.benchmark and not args.reproduce:
-            raise DataError("--data DIR is required (the folder with the ISPRS files; `python data.py synth DIR` makes a synthetic one)")
+        if not args.data:
+            raise DataError("--data DIR is required (the folder with the ISPRS files; `python synth.py DIR` makes a synthetic one)")
         fill_budget(args)
     return args, checkpoint
 
@@ -295,10 +269,6 @@ def main(argv=None):
     args.amp = precision(device, args.amp)
     args.channels_last = use_channels_last(device, args.channels_last)
     amp_dtype = autocast_dtype(device, args.amp)
-    if args.benchmark:
-        return benchmark(args, device, amp_dtype)
-    if args.reproduce:
-        return reproduce(args, device, amp_dtype)
     device, rank, world = setup_distributed(device)
     if world == 1:
         return train(args, checkpoint, device, amp_dtype, rank, world)
@@ -333,7 +303,8 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
     torch.manual_seed(args.seed)
     config = DIS2Config(width=args.width, pos_size=args.patch, layout=args.layout, **ABLATIONS[args.ablation])
     net = DIS2(config).to(device)
-    optimizer, scheduler = make_optimizer(net, args, steps_per_epoch)
+    extension = schedule_extension(checkpoint, args) if checkpoint is not None else None
+    optimizer, scheduler = make_optimizer(net, args, steps_per_epoch, extension)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     class_weights = median_frequency_weights(data.class_frequencies(train_tiles)).to(device)
 
@@ -345,9 +316,11 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
         if checkpoint["scaler"]:  # empty unless the run so far was fp16; switching to fp16 starts a fresh scale
             scaler.load_state_dict(checkpoint["scaler"])
         set_rng_states(checkpoint["rng"])
-        state = checkpoint["state"]
+        state = dict(checkpoint["state"], schedule_extension=extension)
         if state["epoch"] >= args.epochs:
-            raise DataError(f"{args.resume}: the run already finished {state['epoch']} epochs; pass --epochs N with a larger N to go on")
+            go_on = ("pass --epochs N with a larger N to go on" if args.optimizer == "sgd" else
+                     "its learning rate has decayed to 0; to train longer, start a new run with a larger --epochs")
+            raise DataError(f"{args.resume}: the run already finished {state['epoch']} epochs; {go_on}")
         log(f"resuming {out} at epoch {state['epoch'] + 1}, step {state['step_in_epoch']} of {steps_per_epoch}")
     model = wrap_model(net, device, world, args.compile, args.channels_last)
     seconds_before, started = state.get("train_seconds", 0.0), time.perf_counter()
@@ -434,9 +407,13 @@ def train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label, missing, 
         raise NonFiniteLoss(f"term {bad} = {terms[bad].item() if bad in terms else 'nan'}")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    scale = scaler.get_scale()
     scaler.step(optimizer)
     scaler.update()
-    scheduler.step()
+    # In fp16 the scaler skips the optimiser step when gradients overflowed, and lowers its scale:
+    # the schedule follows the optimiser's steps.
+    if scaler.get_scale() >= scale:
+        scheduler.step()
     return terms, bool(flags[1])
 
 
@@ -567,7 +544,7 @@ def synchronise_batch_norm(module, plain=True):
 
 def wrap_model(net, device, world, compile_model=False, channels_last=None):
     """What the training loop calls: `net` in channels-last memory (default:
-    on CUDA only, see evaluate.use_channels_last), optionally compiled, and
+    on CUDA only, see runtime.use_channels_last), optionally compiled, and
     under DistributedDataParallel with synchronised batch norm when several
     processes train. `net` itself keeps its plain state dict for checkpoints."""
     model = net
@@ -585,204 +562,6 @@ def wrap_model(net, device, world, compile_model=False, channels_last=None):
         model = torch.compile(model)
     return model
 
-
-def benchmark(args, device, amp_dtype):
-    """Runs self_check, then times training steps on random inputs: full plus
-    one missing scenario, every term of Eq. 14, backward and optimiser step,
-    as training runs them. Exits with status 1 when the self-check failed."""
-    config = DIS2Config(width=args.width, pos_size=args.patch, layout=args.layout, **ABLATIONS[args.ablation])
-    checked = self_check(config, args, device)
-    failed = [name for name, outcome in checked.items() if outcome != "ok"]
-    if args.amp in failed:
-        sys.exit(1)  # the self-check's line says what failed; the timing would fail the same way
-    torch.manual_seed(args.seed)
-    net = DIS2(config).to(device)
-    model = wrap_model(net, device, 1, args.compile, args.channels_last)
-    optimizer, scheduler = make_optimizer(net, args, steps_per_epoch=args.repeats + BENCHMARK_WARMUP)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    rgir, ndsm, label = random_batch(args.batch_size, args.patch, config, device, args.channels_last)
-    class_weights = torch.ones(config.num_classes, device=device)
-    steps = iter(range(10**9))
-
-    def step(model=model):
-        return train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label, ("rgir", "ndsm")[next(steps) % 2],
-                          class_weights, amp_dtype)
-
-    flops = count_flops(lambda: step(net))  # net, not model: a compiled graph hides its operations from the counter
-    result = measure(step, args.batch_size, device, BENCHMARK_WARMUP, args.repeats)
-    report_benchmark("training step", result, flops, args, device, amp_dtype, self_check=checked)
-    if failed:
-        sys.exit(1)
-
-
-def random_batch(batch_size, patch, config, device, channels_last):
-    """Random inputs and labels of the model's shapes, for the benchmark and the self-check."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    rgir = torch.randn(batch_size, config.rgir_channels, patch, patch, device=device).contiguous(memory_format=memory_format)
-    ndsm = torch.randn(batch_size, config.ndsm_channels, patch, patch, device=device).contiguous(memory_format=memory_format)
-    return rgir, ndsm, torch.randint(0, config.num_classes, (batch_size, patch, patch), device=device)
-
-
-def self_check(config, args, device):
-    """One training step and one evaluation window (the three scenarios, scored
-    as validation scores them) in each precision, with this command's model,
-    channels-last and compile settings, on inputs of at most 64x64 pixels:
-    the code paths are checked, not the sizes (fp16 is slow on CPU). On a new GPU this
-    finds what a long run would otherwise meet in its first step or its first
-    validation. Prints one line; returns precision -> "ok" or what failed."""
-    window, outcome = min(args.patch, 64), {}
-    for name in PRECISIONS:
-        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            continue  # --amp refuses it on such a GPU
-        amp_dtype, stage = autocast_dtype(device, name), "training step"
-        try:
-            torch.manual_seed(args.seed)
-            net = DIS2(config).to(device)
-            model = wrap_model(net, device, 1, args.compile, args.channels_last)
-            optimizer = torch.optim.AdamW(net.parameters())
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-            scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-            rgir, ndsm, label = random_batch(2, window, config, device, args.channels_last)
-            class_weights = torch.ones(config.num_classes, device=device)
-            train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label, "rgir", class_weights, amp_dtype)
-            if not all(torch.isfinite(p).all() for p in net.parameters()):
-                raise NonFiniteLoss("non-finite weights after the step")
-            stage = "evaluation window"
-            rng = np.random.default_rng(args.seed)
-            tile = data.Tile("self-check", rng.integers(0, 256, (window, window, 3), np.uint8),
-                             rng.integers(0, 256, (window, window), np.uint8),
-                             rng.integers(0, config.num_classes, (window, window), np.uint8), None)
-            evaluate_tiles(model, [tile], list(SCENARIOS), window, 0, 1, device, amp_dtype, progress=False,
-                           channels_last=args.channels_last)
-            outcome[name] = "ok"
-        except Exception as e:  # what failed, and where, is the answer of the check
-            outcome[name] = f"{stage}: {type(e).__name__}: {next(iter(str(e).strip().splitlines()), '')}"
-    settings = f"{'channels-last' if args.channels_last else 'contiguous memory'}, {'compiled' if args.compile else 'eager'}"
-    works = [name for name, result in outcome.items() if result == "ok"]
-    failures = [f"--amp {name}: {result}" for name, result in outcome.items() if result != "ok"]
-    line = f"self-check on {device.type} ({settings}): "
-    if failures:
-        line += "FAILED " + "; ".join(failures) + (f"; works with --amp {', '.join(works)}" if works else "")
-    else:
-        line += f"one training step and one evaluation window work with --amp {', '.join(works)}"
-    print(line)
-    return outcome
-
-
-# -----------------------------------------------------------------------------
-# The paper's experiments in one command: Tables 1-3 and Figures 3, 4 and 6
-
-
-def reproduce(args, device, amp_dtype):
-    """Trains every variant of REPRODUCTION with its seeds at one budget,
-    scores each run on the test tiles in the three scenarios and writes
-    DIR/tables.md (means and spreads over seeds, paired differences against
-    HF, the claims), DIR/results.json and the figures. Without --data it
-    first writes the synthetic benchmark (SYNTHETIC_BENCHMARKS) to DIR/data.
-    Runs go seed by seed (every variant's first seed, then the second, ...);
-    finished runs are reused and a stopped run resumes, so the same command
-    continues an interrupted reproduction, in as many parts as it takes."""
-    out = writable_dir(args.reproduce, "--reproduce")
-    mode = budget_name(args)
-    data_dir = Path(args.data) if args.data else out / "data"
-    if not args.data and not data_dir.exists():
-        data.synthesize(data_dir, "vaihingen", **SYNTHETIC_BENCHMARKS[mode])
-    variants = args.variants or list(REPRODUCTION)
-    seeds = {v: [args.seed + k for k in range(args.seeds or REPRODUCTION[v]["seeds"])] for v in variants}
-    for k in range(max(len(s) for s in seeds.values())):
-        for variant in variants:
-            if k < len(seeds[variant]) and not reproduce_run(args, variant, seeds[variant][k], out, data_dir, device, amp_dtype):
-                return  # stopped by Ctrl-C or SIGTERM; the same command resumes
-
-    runs = {v: {seed: out / "runs" / v / f"seed{seed}" for seed in seeds[v]} for v in variants}
-    results = {v: {seed: json.loads((run / "test.json").read_text()) for seed, run in rs.items()} for v, rs in runs.items()}
-    curves = {v: {seed: training_curve(run / "metrics.csv") for seed, run in rs.items()} for v, rs in runs.items()}
-    training = {v: {seed: loss_flattening(curve) for seed, curve in cs.items()} for v, cs in curves.items()}
-    hours = sum(r["train_seconds"] + r["evaluate_seconds"] for rs in results.values() for r in rs.values()) / 3600
-    test_tiles = data.load_split(data_dir, "test", args.dataset)
-    source = f"the data in {args.data}" if args.data else (
-        "the synthetic benchmark `data.synthesize(DIR, 'vaihingen', " +
-        ", ".join(f"{k}={v}" for k, v in SYNTHETIC_BENCHMARKS[mode].items()) + ")`")
-    budget = ", ".join(f"{k.replace('_', '-')} {getattr(args, k)}" for k in BUDGETS[mode])
-    title = (f"DIS2 reproduction on {source}, {len(test_tiles)} test tiles; budget per run: {budget}; "
-             f"seeds from {args.seed}; {device}; {hours:.1f} h of training and evaluation in all")
-    (out / "tables.md").write_text(evaluate.tables_markdown(results, training, title))
-    (out / "results.json").write_text(json.dumps(dict(title=title, runs=results, training_curves=curves), indent=2))
-    reproduction_figures(out, seeds, test_tiles, curves)
-    print((out / "tables.md").read_text())
-    print(f"figures: {', '.join(str(p) for p in sorted(out.glob('figure*.png')))}")
-
-
-def reproduce_run(args, variant, seed, out, data_dir, device, amp_dtype):
-    """Trains (or resumes) one run of the reproduction and scores its best
-    checkpoint on the test tiles into run/test.json, with the wall time of
-    both. Returns False when training was stopped."""
-    run = out / "runs" / variant / f"seed{seed}"
-    if (run / "test.json").exists():
-        print(f"{variant}, seed {seed}: trained and scored already ({run})")
-        return True
-    checkpoint = load_checkpoint(run / "last.pt") if (run / "last.pt").exists() else None
-    if not checkpoint or checkpoint["state"]["epoch"] < args.epochs:
-        run_args = argparse.Namespace(**{**vars(args), **{k: v for k, v in REPRODUCTION[variant].items() if k != "seeds"},
-                                         "seed": seed, "out": str(run), "data": str(data_dir), "reproduce": None,
-                                         "full": False, "resume": str(run / "last.pt") if checkpoint else None})
-        if not train(run_args, checkpoint, device, amp_dtype, rank=0, world=1):
-            return False
-        checkpoint = load_checkpoint(run / "last.pt")
-    # Training may take several sessions: last.pt holds its wall time summed over them.
-    train_seconds = checkpoint["state"]["train_seconds"]
-    start = time.perf_counter()
-    model = model_from_checkpoint(load_checkpoint(run / "best.pt"), device, channels_last=args.channels_last)
-    # Colour maps of HF's and DIS2's runs feed Figure 3.
-    save_dir = writable_dir(run / "predictions", "--reproduce") if variant in ("hf", "dis2") else None
-    test_tiles = data.load_split(data_dir, "test", args.dataset)
-    scores, distances = evaluate_tiles(model, test_tiles, list(SCENARIOS),
-                                       args.patch, args.patch // 4, args.batch_size, device, amp_dtype,
-                                       feature_distance=True, save_dir=save_dir, channels_last=args.channels_last)
-    result = dict(scores=scores, feature_distance=evaluate.distances_by_name(distances),
-                  train_seconds=train_seconds, evaluate_seconds=time.perf_counter() - start)
-    # Figures 4 and 6 now, while the model is at hand: a later session may no longer have the
-    # checkpoints (they are not committed). Each run keeps its own, so seeds can run in parallel;
-    # reproduction_figures copies the first seed's.
-    if variant == "dis2":
-        evaluate.figure_attention(model, test_tiles[0], args.patch, device, run / FIGURE6_NAME)
-    if variant in FIGURE4_NAMES:
-        evaluate.figure_queries(model, test_tiles[0], args.patch, device, run / FIGURE4_NAMES[variant])
-    (run / "test.json").write_text(json.dumps(result, indent=2))
-    return True
-
-
-def training_curve(metrics_csv):
-    """[(step, training segmentation loss)] per epoch: L_seg of the full plus the missing scenario."""
-    with open(metrics_csv) as f:
-        return [(int(row["step"]), float(row["seg_full"]) + float(row["seg_miss"])) for row in csv.DictReader(f)]
-
-
-def loss_flattening(curve):
-    """(final loss, relative drop over the last quarter of the epochs): a flat curve drops little."""
-    losses = [loss for _, loss in curve]
-    before = losses[max(len(losses) - 1 - len(losses) // 4, 0)]
-    return losses[-1], (before - losses[-1]) / before
-
-
-FIGURE4_NAMES = {"dis2": "figure4_queries.png", "dis2-per-scenario": "figure4_queries_per_scenario.png"}
-FIGURE6_NAME = "figure6_attention.png"  # of DIS2, shared layout
-
-
-def reproduction_figures(out, seeds, test_tiles, curves):
-    """Figure 3 (predictions of HF and DIS2 from the first seed's colour maps),
-    the training-loss curves of every run, and Figures 4 and 6 of the first
-    seed, which reproduce_run drew into its run directory."""
-    evaluate.figure_training_loss(curves, out / "figure_training_loss.png")
-    first_run = lambda v: out / "runs" / v / f"seed{seeds[v][0]}"
-    for variant, name in [*FIGURE4_NAMES.items(), ("dis2", FIGURE6_NAME)]:
-        if variant in seeds:
-            shutil.copyfile(first_run(variant) / name, out / name)
-    figure_tiles = test_tiles[:3]
-    maps = lambda v: first_run(v) / "predictions"
-    predictions = {v: {s: {t.name: data.rgb_to_labels(np.asarray(Image.open(maps(v) / f"{t.name}_{s}.png")))
-                           for t in figure_tiles} for s in SCENARIOS} for v in ("hf", "dis2") if v in seeds}
-    evaluate.figure_predictions(figure_tiles, predictions, out / "figure3_predictions.png")
 
 
 def epoch_row(state, scheduler, results, score, steps_per_epoch):

@@ -8,7 +8,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402  (after the variable, which torch reads at import)
 
-import data  # noqa: E402
+import synth  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -17,5 +17,5 @@ torch.set_num_threads(1)
 def dataset(tmp_path_factory):
     """A tiny synthetic Vaihingen set: 3 tiles of 64 px."""
     root = tmp_path_factory.mktemp("synthetic")
-    data.synthesize(root, dataset="vaihingen", tiles=3, size=64, seed=1)
+    synth.synthesize(root, dataset="vaihingen", tiles=3, size=64, seed=1)
     return root

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 import data
+import synth
 
-DATA_PY = Path(__file__).resolve().parents[1] / "data.py"
+ROOT = Path(__file__).resolve().parents[1]
 VAIHINGEN_LAYOUT = {  # where the generator must put each file, as in the ISPRS archives
     "image": "ISPRS_semantic_labeling_Vaihingen/top/top_mosaic_09cm_{}.tif",
     "ndsm": "ISPRS_semantic_labeling_Vaihingen/ndsm/dsm_09cm_matching_{}_normalized.jpg",
@@ -60,7 +61,7 @@ def write_tiff(path, array, **options):
 def pristine(tmp_path_factory):
     """Three small Vaihingen tiles: area1 (train), area5 (val), area2 (test)."""
     root = tmp_path_factory.mktemp("pristine")
-    data.synthesize(root, "vaihingen", tiles=3, size=64, seed=2)
+    synth.synthesize(root, "vaihingen", tiles=3, size=64, seed=2)
     return root
 
 
@@ -79,7 +80,7 @@ def vaihingen(pristine, tmp_path):
 
 @pytest.mark.parametrize("dataset", data.DATASETS)
 def test_synthetic_files_read_back_as_written(tmp_path, dataset):
-    data.synthesize(tmp_path, dataset, tiles=3, size=72, seed=1)
+    synth.synthesize(tmp_path, dataset, tiles=3, size=72, seed=1)
     assert data.detect_dataset(tmp_path) == dataset
     shapes = set()
     for split in data.SPLITS:
@@ -182,7 +183,7 @@ def test_vaihingen_files_are_found_by_name_and_folder(tmp_path):
 
 @pytest.mark.parametrize("planar", [False, True])
 def test_potsdam_rgbir_is_read_as_ir_r_g(tmp_path, planar):
-    data.synthesize(tmp_path, "potsdam", tiles=1, size=48)
+    synth.synthesize(tmp_path, "potsdam", tiles=1, size=48)
     irrg_path = layout_path(tmp_path, "potsdam", "image", "2_10")
     irrg = tifffile.imread(irrg_path)
     irrg_path.unlink()
@@ -197,7 +198,7 @@ def test_potsdam_rgbir_is_read_as_ir_r_g(tmp_path, planar):
 
 
 def test_a_directory_with_both_datasets_needs_the_dataset_named(vaihingen):
-    data.synthesize(vaihingen, "potsdam", tiles=1, size=32)
+    synth.synthesize(vaihingen, "potsdam", tiles=1, size=32)
     with pytest.raises(data.DataError, match="both Vaihingen and Potsdam"):
         data.detect_dataset(vaihingen)
     assert data.load_split(vaihingen, "train", dataset="potsdam")[0].name == "2_10"
@@ -298,7 +299,7 @@ def test_unusable_directories_and_names_raise(tmp_path, vaihingen):
         (lambda: data.load_split(tmp_path / "other", "train"), "no ISPRS Vaihingen or Potsdam images found"),
         (lambda: data.load_split(vaihingen, "train", dataset="paris"), "unknown dataset 'paris'"),
         (lambda: data.split_names("vaihingen", "dev"), "unknown split 'dev'"),
-        (lambda: data.synthesize(tmp_path / "out", "paris"), "unknown dataset 'paris'"),
+        (lambda: synth.synthesize(tmp_path / "out", "paris"), "unknown dataset 'paris'"),
         (lambda: data.load_split(vaihingen, "train"), "none of the 12 vaihingen train tiles found"),
     ]
     for call, expected in cases:
@@ -324,23 +325,25 @@ def test_exit_on_user_error_prints_one_line_and_exits_2(capsys):
     assert capsys.readouterr().err == "error: tile.tif: broken really\n"
 
 
-def run_cli(*arguments, cwd):
-    return subprocess.run([sys.executable, str(DATA_PY), *map(str, arguments)], cwd=cwd, capture_output=True, text=True)
+def run_cli(script, *arguments, cwd):
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, arguments)], cwd=cwd, capture_output=True, text=True)
 
 
 def test_cli_reports_user_errors_with_status_2_and_one_line(tmp_path):
-    missing = run_cli("stats", tmp_path / "absent", cwd=tmp_path)
+    missing = run_cli("probe.py", tmp_path / "absent", cwd=tmp_path)
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1 and missing.stderr.startswith("error: ") and "absent" in missing.stderr
-    too_many = run_cli("synth", tmp_path / "out", "--tiles", "50", cwd=tmp_path)
+    too_many = run_cli("synth.py", tmp_path / "out", "--tiles", "50", cwd=tmp_path)
     assert too_many.returncode == 2 and too_many.stderr.count("\n") == 1 and "--tiles" in too_many.stderr
-    unknown = run_cli("synth", tmp_path / "out", "--dataset", "paris", cwd=tmp_path)
+    unknown = run_cli("synth.py", tmp_path / "out", "--dataset", "paris", cwd=tmp_path)
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "invalid choice: 'paris'" in unknown.stderr
-    negative = run_cli("synth", tmp_path / "out", "--size", "-3", cwd=tmp_path)
+    negative = run_cli("synth.py", tmp_path / "out", "--size", "-3", cwd=tmp_path)
     assert negative.returncode == 2 and negative.stderr == "error: argument --size: must be at least 1, got -3\n"
-    written = run_cli("synth", tmp_path / "out", "--tiles", "3", "--size", "40", "--dataset", "potsdam", cwd=tmp_path)
+    written = run_cli("synth.py", tmp_path / "out", "--tiles", "3", "--size", "40", "--dataset", "potsdam", cwd=tmp_path)
     assert written.returncode == 0 and "wrote 3 synthetic potsdam tiles" in written.stdout
     assert layout_path(tmp_path / "out", "potsdam", "label", "2_12").is_file()
+    moved = run_cli("data.py", "synth", tmp_path / "out", cwd=tmp_path)
+    assert moved.returncode == 2 and moved.stderr == "error: synth has moved: use `python synth.py DIR --tiles N --size PX` (see README.md)\n"
 
 
 # ---------------------------------------------------------------------------------------------

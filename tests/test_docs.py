@@ -1,6 +1,6 @@
 """The front page cannot rot: every relative link and image in README.md and
 docs/*.md points to a file that exists (and, with a #fragment, to a heading
-of that file), every `python train.py|evaluate.py|data.py ...` command in a
+of that file), every `python train.py|evaluate.py|predict.py|... ...` command in a
 fenced block of README.md or docs/*.md parses its flags, and every name the
 README's paper-to-code table cites exists in the code. Nothing is run."""
 
@@ -11,10 +11,17 @@ from pathlib import Path
 
 import pytest
 
+import bench
 import data
 import dis2
 import evaluate
+import figures
 import losses
+import predict
+import probe
+import reproduce
+import runtime
+import synth
 import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +29,11 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(```|~~~)(.*?)$\n(.*?)^\1[ \t]*$", re.M | re.S)
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 HTML_LINK = re.compile(r"<(?:a|img)\s[^>]*?(?:href|src)=\"([^\"]+)\"", re.I)
-SCRIPTS = {"train.py": train.parse_args, "evaluate.py": evaluate.parse_args, "data.py": None}
+# Each command and how its flags are parsed without running it; synth.py and probe.py parse inside main.
+SCRIPTS = {"train.py": train.parse_args, "evaluate.py": evaluate.parse_args, "predict.py": predict.parse_args,
+           "reproduce.py": reproduce.parse_args, "bench.py": bench.parse_args, "synth.py": synth.main,
+           "probe.py": probe.main, "data.py": data.main}
+PARSED_IN_MAIN = ("synth.py", "probe.py", "data.py")  # data.py only answers that its commands moved
 
 
 def page_id(path):
@@ -78,7 +89,7 @@ def shell_commands(text):
         if match.group(2).strip().lower() not in ("", "bash", "sh", "shell", "console"):
             continue
         for line in match.group(3).replace("\\\n", " ").splitlines():
-            if not re.search(r"\b(?:train|evaluate|data)\.py\b", line):
+            if not re.search(r"\b(?:%s)\b" % "|".join(map(re.escape, SCRIPTS)), line):
                 continue
             command = []
             for token in shlex.split(line, comments=True):
@@ -108,10 +119,10 @@ def script_invocations(text):
 
 
 class Parsed(Exception):
-    """Raised instead of running data.py's command once its flags have parsed."""
+    """Raised instead of running a command once its flags have parsed."""
 
 
-def parse_data_args(argv, monkeypatch):
+def parse_in_main(script, argv, monkeypatch):
     parse_args = data.ArgumentParser.parse_args
 
     def parse_only(self, args=None, namespace=None):
@@ -119,12 +130,12 @@ def parse_data_args(argv, monkeypatch):
 
     monkeypatch.setattr(data.ArgumentParser, "parse_args", parse_only)
     with pytest.raises(Parsed):
-        data.main(argv)
+        SCRIPTS[script](argv)
 
 
 def test_command_splitting():
     text = ("```bash\n"
-            "python data.py synth d --tiles 3 && \\\n"
+            "python synth.py d --tiles 3 && \\\n"
             "python train.py --data d --epochs 1   # a comment && python evaluate.py --bogus\n"
             "OMP_NUM_THREADS=1 python evaluate.py --missing rgir; python -m pytest -q\n"
             "torchrun --nproc_per_node=2 train.py --resume runs/x\n"
@@ -132,7 +143,7 @@ def test_command_splitting():
             "```\n"
             "```python\npython train.py --not-a-shell-block\n```\n")
     assert list(script_invocations(text)) == [
-        ("data.py", ["synth", "d", "--tiles", "3"]),
+        ("synth.py", ["d", "--tiles", "3"]),
         ("train.py", ["--data", "d", "--epochs", "1"]),
         ("evaluate.py", ["--missing", "rgir"]),
         ("train.py", ["--resume", "runs/x"]),
@@ -143,12 +154,16 @@ def test_a_bad_flag_fails_to_parse(monkeypatch):
     with pytest.raises(SystemExit):
         train.parse_args(["--data", "d", "--no-such-flag"])
     with pytest.raises(SystemExit):
-        parse_data_args(["synth", "d", "--tiles", "0"], monkeypatch)
+        parse_in_main("synth.py", ["d", "--tiles", "0"], monkeypatch)
+    with pytest.raises(data.DataError, match="has moved: use `python synth.py"):
+        parse_in_main("data.py", ["synth", "d"], monkeypatch)
+    with pytest.raises(data.DataError, match="has moved: use `python predict.py"):
+        evaluate.parse_args(["--predict", "maps/", "--rgir", "ortho.tif"])
 
 
 def test_readme_has_commands():
     scripts = {script for script, _ in script_invocations((ROOT / "README.md").read_text(encoding="utf-8"))}
-    assert scripts == set(SCRIPTS)
+    assert scripts == set(SCRIPTS) - {"data.py"}
 
 
 COMMANDS = [(page, script, argv) for page in PAGES
@@ -159,12 +174,13 @@ COMMANDS = [(page, script, argv) for page in PAGES
                          ids=[f"{page_id(p)}: {s} {' '.join(a)}" for p, s, a in COMMANDS])
 def test_commands_parse(page, script, argv, monkeypatch, capsys):
     try:
-        if script == "data.py":
-            parse_data_args(argv, monkeypatch)
+        if script in PARSED_IN_MAIN:
+            parse_in_main(script, argv, monkeypatch)
         else:
             SCRIPTS[script](argv)
-    except SystemExit:
-        pytest.fail(f"{page_id(page)}: `{script} {' '.join(argv)}` does not parse: {capsys.readouterr().err.strip()}")
+    except (SystemExit, data.DataError) as error:
+        reason = error if isinstance(error, data.DataError) else capsys.readouterr().err.strip()
+        pytest.fail(f"{page_id(page)}: `{script} {' '.join(argv)}` does not parse: {reason}")
 
 
 def paper_to_code_names():
@@ -176,7 +192,8 @@ def paper_to_code_names():
 def resolve(name):
     """A dotted name of the code: module.attr..., or Class.attr of dis2.
     Attributes set in __init__ (self.merge = ...) and dataclass fields count."""
-    modules = {"dis2": dis2, "losses": losses, "train": train, "evaluate": evaluate, "data": data}
+    modules = {m.__name__: m for m in (dis2, losses, data, synth, probe, runtime, train, evaluate, predict,
+                                       reproduce, figures, bench)}
     parts = name.split(".")
     obj = modules[parts.pop(0)] if parts[0] in modules else dis2
     for part in parts:
@@ -204,18 +221,18 @@ def section(text, heading):
 
 def test_the_results_in_readme_and_reproduction_md_are_the_reproductions_tables():
     tables = (ROOT / "docs" / "reproduction" / "tables.md").read_text(encoding="utf-8")
-    # Table 2 analogue: a bold scenario row, then one row per variant in train.REPRODUCTION's order.
+    # Table 2 analogue: a bold scenario row, then one row per variant in reproduce.REPRODUCTION's order.
     mf1 = {}
     for line in section(tables, "Table 2 analogue: the ablation (F1 %)").splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if line.startswith("| **"):
-            scenario, variants = cells[0].strip("*"), iter(train.REPRODUCTION)
+            scenario, variants = cells[0].strip("*"), iter(reproduce.REPRODUCTION)
         elif line.startswith("| ") and " (" in cells[0]:
-            mf1[scenario, next(variants)] = cells[evaluate.SCORE_HEADER.index("mF1")]
+            mf1[scenario, next(variants)] = cells[reproduce.SCORE_HEADER.index("mF1")]
     readme_rows = [[c.strip() for c in line.strip("|").split("|")][1:]
                    for line in section((ROOT / "README.md").read_text(encoding="utf-8"), "Results").splitlines()
                    if line.startswith("| ") and "±" in line]
-    assert readme_rows == [[mf1[evaluate.ROW_NAMES[s], v] for v in train.REPRODUCTION] for s in dis2.SCENARIOS]
+    assert readme_rows == [[mf1[evaluate.ROW_NAMES[s], v] for v in reproduce.REPRODUCTION] for s in dis2.SCENARIOS]
 
     claim_table = section((ROOT / "docs" / "reproduction.md").read_text(encoding="utf-8"), "Results")
     differences = re.findall(r"[+-]\d+\.\d\d ± \d+\.\d\d", claim_table.split("**Claim 2")[0])

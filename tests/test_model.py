@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import synth
 from dis2 import ABLATIONS, DIS2, DIS2Config, LAYOUTS, ScenarioBatchNorm2d, upsample
 from losses import dis2_loss
 
@@ -148,7 +149,7 @@ def train_batch(tmp_path_factory):
     """A batch as train.py builds it: patches of synthetic tiles from
     data.PatchDataset, through a DataLoader."""
     root = tmp_path_factory.mktemp("synthetic")
-    data.synthesize(root, dataset="vaihingen", tiles=3, size=64, seed=1)
+    synth.synthesize(root, dataset="vaihingen", tiles=3, size=64, seed=1)
     patches = data.PatchDataset(data.load_split(root, "train"), patch=64, samples_per_epoch=2, seed=0)
     return next(iter(torch.utils.data.DataLoader(patches, batch_size=2)))
 
@@ -350,7 +351,9 @@ def test_tiny_model_overfits_one_batch():
     target = ((rgir[:, 0] > 0).long() + 2 * (ndsm[:, 0] > 0.5).long()).clamp(max=5)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     seg_full = []
-    for step in range(80):
+    # 120 steps: at 80 the weights fit (train-mode accuracy 0.99) but the running statistics that
+    # eval mode uses still lag behind them on some machines (0.84 seen with torch 2.13 on CPU).
+    for step in range(120):
         missing = ("rgir", "ndsm")[step % 2]
         out = model(rgir, ndsm, scenarios=("full", f"missing_{missing}"))
         loss, terms = dis2_loss(out["full"], out[f"missing_{missing}"], target, missing)

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import bench
 import data
 import evaluate
+import runtime
 import train
 from dis2 import DIS2, DIS2Config, SCENARIOS
 
@@ -32,7 +34,7 @@ MIN_AGREEMENT = 0.99
 def runs(dataset, tmp_path_factory):
     """One epoch trained in each precision: precision -> run directory."""
     out = {}
-    for name in evaluate.PRECISIONS:
+    for name in runtime.PRECISIONS:
         out[name] = tmp_path_factory.mktemp(f"run-{name}")
         train.main(["--data", str(dataset), "--epochs", "1", "--out", str(out[name]), "--amp", name, *TINY_RUN])
     return out
@@ -43,7 +45,7 @@ def copy_run(run, tmp_path):
 
 
 def last_checkpoint(run):
-    return evaluate.load_checkpoint(run / "last.pt")
+    return runtime.load_checkpoint(run / "last.pt")
 
 
 def assert_finite_losses(run, epochs):
@@ -57,7 +59,7 @@ def assert_finite_losses(run, epochs):
 # ------------------------------------------------------ training in each precision
 
 
-@pytest.mark.parametrize("name", list(evaluate.PRECISIONS))
+@pytest.mark.parametrize("name", list(runtime.PRECISIONS))
 def test_each_precision_trains_validates_and_records_itself(runs, name):
     assert_finite_losses(runs[name], epochs=1)
     checkpoint = last_checkpoint(runs[name])
@@ -66,7 +68,7 @@ def test_each_precision_trains_validates_and_records_itself(runs, name):
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
 
 
-@pytest.mark.parametrize("name", list(evaluate.PRECISIONS))
+@pytest.mark.parametrize("name", list(runtime.PRECISIONS))
 def test_a_resumed_run_keeps_its_precision(runs, name, tmp_path):
     run = copy_run(runs[name], tmp_path)
     train.main(["--resume", str(run), "--epochs", "2"])
@@ -88,7 +90,7 @@ def test_amp_given_on_resume_overrides_the_precision(runs, trained, resumed, tmp
 def test_checkpoints_of_the_on_off_flag_still_resume(runs, tmp_path):
     """Checkpoints written before --amp took a precision hold amp = None, True
     or False (None: the device's default) and no channels_last."""
-    assert [evaluate.precision(CPU, legacy) for legacy in (None, True, False)] == ["off", "bf16", "off"]
+    assert [runtime.precision(CPU, legacy) for legacy in (None, True, False)] == ["off", "bf16", "off"]
     run = copy_run(runs["off"], tmp_path)
     checkpoint = last_checkpoint(run)
     checkpoint["train_args"]["amp"] = None
@@ -114,7 +116,7 @@ def test_checkpoints_evaluate_across_precisions(runs, trained, evaluated, tmp_pa
 
 @pytest.mark.parametrize("name", ["bf16", "fp16"])
 def test_evaluation_under_autocast_agrees_with_fp32(runs, dataset, name):
-    model = evaluate.model_from_checkpoint(evaluate.load_checkpoint(runs["off"] / "best.pt"), CPU)
+    model = runtime.model_from_checkpoint(runtime.load_checkpoint(runs["off"] / "best.pt"), CPU)
     tiles = data.load_split(dataset, "test") + data.load_split(dataset, "val")
     scenarios = list(SCENARIOS)
     for tile in tiles:
@@ -122,7 +124,7 @@ def test_evaluation_under_autocast_agrees_with_fp32(runs, dataset, name):
                                     data.pad_to_window(tile.ndsm, 64)[None, :64, :64])
         logits = {}
         for precision in ("off", name):
-            with torch.inference_mode(), torch.autocast("cpu", dtype=evaluate.PRECISIONS[precision],
+            with torch.inference_mode(), torch.autocast("cpu", dtype=runtime.PRECISIONS[precision],
                                                         enabled=precision != "off"):
                 outputs = model(rgir, ndsm, scenarios=scenarios)
             logits[precision] = torch.stack([outputs[s].logits.float() for s in scenarios])
@@ -131,7 +133,7 @@ def test_evaluation_under_autocast_agrees_with_fp32(runs, dataset, name):
         assert (mixed.softmax(2) - reference.softmax(2)).abs().max() <= PROBABILITY_TOLERANCE[name]
 
         # Whole tiles through the evaluation code: overlapping windows, averaged probabilities.
-        maps = {p: evaluate.predict_tile(model, tile, scenarios, 32, 8, 2, CPU, evaluate.PRECISIONS[p])
+        maps = {p: evaluate.predict_tile(model, tile, scenarios, 32, 8, 2, CPU, runtime.PRECISIONS[p])
                 for p in ("off", name)}
         for s in scenarios:
             assert (maps["off"][s] == maps[name][s]).mean() >= MIN_AGREEMENT, s
@@ -168,11 +170,11 @@ def test_compiled_evaluation_on_cpu_matches_eager(runs, tmp_path):
 
 # --------------------------------------------------------- benchmark and self-check
 
-TINY_BENCHMARK = ["--benchmark", "--device", "cpu", "--patch", "32", "--batch-size", "2", "--width", "4", "--repeats", "1"]
+TINY_BENCHMARK = ["--device", "cpu", "--patch", "32", "--batch-size", "2", "--width", "4", "--repeats", "1"]
 
 
 def test_benchmark_self_checks_every_precision_and_counts_flops(capsys):
-    train.main([*TINY_BENCHMARK, "--amp", "bf16", "--channels-last"])
+    bench.main([*TINY_BENCHMARK, "--amp", "bf16", "--channels-last"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == ("self-check on cpu (channels-last, eager): one training step and one evaluation window "
                         "work with --amp off, bf16, fp16")
@@ -182,22 +184,22 @@ def test_benchmark_self_checks_every_precision_and_counts_flops(capsys):
     assert result["gflop_per_step"] > 0 and result["gflop_s"] > 0
     assert result["mm_gflop_s_float32"] > 0 and result["mm_gflop_s_bfloat16"] > 0
 
-    evaluate.main(["--benchmark", "--device", "cpu", "--patch", "32", "--batch-size", "1", "--repeats", "1"])
+    bench.main(["--inference", "--device", "cpu", "--patch", "32", "--batch-size", "1", "--width", "4", "--repeats", "1"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["what"] == "inference" and result["gflop_per_step"] > 0 and result["mm_gflop_s_float32"] > 0
 
 
 def test_self_check_says_what_failed(monkeypatch, capsys):
-    real_step = train.train_step
+    real_step = bench.train_step
 
     def fp16_breaks(*args, **kwargs):
         if args[9] == torch.float16:  # amp_dtype
             raise RuntimeError("expected scalar type Half but found Float")
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train, "train_step", fp16_breaks)
+    monkeypatch.setattr(bench, "train_step", fp16_breaks)
     with pytest.raises(SystemExit) as stopped:
-        train.main([*TINY_BENCHMARK, "--amp", "fp16"])
+        bench.main([*TINY_BENCHMARK, "--amp", "fp16"])
     assert stopped.value.code == 1
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed == ["self-check on cpu (contiguous memory, eager): FAILED --amp fp16: training step: RuntimeError: "
@@ -208,14 +210,14 @@ def test_flops_of_attention_on_cpu_are_counted():
     b, h, s, d = 2, 4, 64, 16
     q, k, v = (torch.randn(b, h, s, d, requires_grad=True) for _ in range(3))
     # Forward: Q K^T and P V, 2 b h s^2 d each. Backward (flash): S recomputed, then dV, dP, dQ, dK.
-    assert evaluate.count_flops(lambda: F.scaled_dot_product_attention(q, k, v)) == 4 * b * h * s * s * d
-    assert evaluate.count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()) == 14 * b * h * s * s * d
+    assert bench.count_flops(lambda: F.scaled_dot_product_attention(q, k, v)) == 4 * b * h * s * s * d
+    assert bench.count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()) == 14 * b * h * s * s * d
 
     # The whole model: the same count as with attention decomposed into matrix products (the math kernel).
     model = DIS2(DIS2Config(width=4, pos_size=32)).eval()
     rgir, ndsm = torch.randn(1, 3, 32, 32), torch.randn(1, 1, 32, 32)
     with torch.no_grad():
-        fused = evaluate.count_flops(lambda: model(rgir, ndsm))
+        fused = bench.count_flops(lambda: model(rgir, ndsm))
         with sdpa_kernel(SDPBackend.MATH):
-            decomposed = evaluate.count_flops(lambda: model(rgir, ndsm))
+            decomposed = bench.count_flops(lambda: model(rgir, ndsm))
     assert fused == decomposed > 0

@@ -1,4 +1,4 @@
-"""evaluate.py --predict: maps of new imagery, georeferenced, from either modality alone, in strips; bad input."""
+"""predict.py: maps of new imagery, georeferenced, from either modality alone, in strips; bad input."""
 
 import os
 import subprocess
@@ -13,6 +13,8 @@ from PIL import Image
 
 import data
 import evaluate
+import predict as predict_py
+import runtime
 from dis2 import DIS2, DIS2Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +40,7 @@ def tiny_checkpoint(path, **config):
             buffer.normal_(0, 0.5)
         elif kind.startswith("running_var"):
             buffer.uniform_(0.05, 0.5)
-    torch.save({"format": evaluate.CHECKPOINT_FORMAT, "config": evaluate.config_dict(model.config),
+    torch.save({"format": runtime.CHECKPOINT_FORMAT, "config": runtime.config_dict(model.config),
                 "model": model.state_dict(), "train_args": {"patch": PATCH}}, path)
     return path
 
@@ -50,7 +52,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(checkpoint):
-    return evaluate.model_from_checkpoint(evaluate.load_checkpoint(checkpoint), CPU)
+    return runtime.model_from_checkpoint(runtime.load_checkpoint(checkpoint), CPU)
 
 
 def scene(height=75, width=93, seed=0):
@@ -71,7 +73,7 @@ def write_pair(root, rgir, ndsm, name="area"):
 
 
 def predict(*argv):
-    evaluate.main(["--batch-size", "3", *map(str, argv)])
+    predict_py.main(["--batch-size", "3", *map(str, argv)])
 
 
 def read(path):
@@ -93,7 +95,7 @@ def test_outputs_carry_the_input_georeferencing(checkpoint, tmp_path):
     metres = tmp_path / "metres.tif"  # a float NDSM in metres, with the same georeferencing
     tifffile.imwrite(metres, ndsm.astype(np.float32) / data.NDSM_LEVELS_PER_METRE, extratags=GEOREFERENCE)
     out = tmp_path / "out"
-    predict("--predict", out, "--rgir", ortho, "--ndsm", metres, "--checkpoint", checkpoint,
+    predict("--out", out, "--rgir", ortho, "--ndsm", metres, "--checkpoint", checkpoint,
             "--probabilities", "--attention")
     assert files(out) == ["area_attention.tif", "area_labels.tif", "area_probabilities.tif"]
     expected = read(ortho)[1]
@@ -116,7 +118,7 @@ def test_prediction_equals_the_evaluation_path_and_ignores_the_absent_modality(c
     ortho, height = write_pair(tmp_path, rgir, ndsm)
     inputs = {"full": ["--rgir", ortho, "--ndsm", height], "missing_rgir": ["--ndsm", height],
               "missing_ndsm": ["--rgir", ortho]}
-    predict("--predict", tmp_path / "out", *inputs[scenario], "--checkpoint", checkpoint)
+    predict("--out", tmp_path / "out", *inputs[scenario], "--checkpoint", checkpoint)
     labels = read(tmp_path / "out" / "area_labels.tif")[0]
     # predict_tile is given both modalities; the file prediction never saw the absent one
     tile = data.Tile("area", rgir, ndsm, np.zeros(ndsm.shape, np.uint8), None)
@@ -127,8 +129,8 @@ def test_prediction_equals_the_evaluation_path_and_ignores_the_absent_modality(c
 
 def test_colour_output_is_the_palette_of_the_class_ids(checkpoint, tmp_path):
     ortho, height = write_pair(tmp_path, *scene())
-    predict("--predict", tmp_path / "ids", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint)
-    predict("--predict", tmp_path / "colours", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint, "--colour")
+    predict("--out", tmp_path / "ids", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint)
+    predict("--out", tmp_path / "colours", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint, "--colour")
     colours, tags = read(tmp_path / "colours" / "area_labels.tif")
     np.testing.assert_array_equal(colours, data.labels_to_rgb(read(tmp_path / "ids" / "area_labels.tif")[0]))
     assert tags == read(ortho)[1]
@@ -139,8 +141,8 @@ def test_png_inputs_give_the_same_map_without_georeferencing(checkpoint, tmp_pat
     ortho, height = write_pair(tmp_path, rgir, ndsm)
     Image.fromarray(rgir).save(tmp_path / "area.png")  # 3 bands: IRRG
     Image.fromarray(ndsm).save(tmp_path / "area_ndsm.png")
-    predict("--predict", tmp_path / "tif", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint)
-    predict("--predict", tmp_path / "png", "--rgir", tmp_path / "area.png", "--ndsm", tmp_path / "area_ndsm.png",
+    predict("--out", tmp_path / "tif", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint)
+    predict("--out", tmp_path / "png", "--rgir", tmp_path / "area.png", "--ndsm", tmp_path / "area_ndsm.png",
             "--checkpoint", checkpoint)
     labels, tags = read(tmp_path / "png" / "area_labels.tif")
     np.testing.assert_array_equal(labels, read(tmp_path / "tif" / "area_labels.tif")[0])
@@ -151,11 +153,11 @@ def test_folders_give_one_output_per_image(checkpoint, tmp_path, capsys):
     for name, seed in (("a", 0), ("b", 1)):
         write_pair(tmp_path, *scene(seed=seed), name=name)
     tifffile.imwrite(tmp_path / "ndsm" / "c.tif", scene()[1])  # an NDSM without an orthophoto: not used
-    predict("--predict", tmp_path / "both", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
+    predict("--out", tmp_path / "both", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
             "--checkpoint", checkpoint)
     assert "notice: 1 NDSM file(s)" in capsys.readouterr().out
     assert files(tmp_path / "both") == ["a_labels.tif", "b_labels.tif"]
-    predict("--predict", tmp_path / "rgir_only", "--rgir", tmp_path / "rgir", "--checkpoint", checkpoint)
+    predict("--out", tmp_path / "rgir_only", "--rgir", tmp_path / "rgir", "--checkpoint", checkpoint)
     assert files(tmp_path / "rgir_only") == ["a_labels.tif", "b_labels.tif"]
 
 
@@ -163,7 +165,7 @@ def test_strips_give_the_whole_image_result(model):
     rgir, ndsm = scene(height=150, width=70)
 
     def run(batch_size):
-        strips = list(evaluate.predict_strips(model, rgir, ndsm, PATCH, PATCH // 4, batch_size, CPU, None,
+        strips = list(predict_py.predict_strips(model, rgir, ndsm, PATCH, PATCH // 4, batch_size, CPU, None,
                                               probabilities=True, attention=True))
         return len(strips), {key: np.concatenate([strip[key] for strip in strips]) for key in strips[0]}
 
@@ -178,7 +180,7 @@ def test_strips_give_the_whole_image_result(model):
 
 
 MEMORY_SCRIPT = """
-import resource, sys, types, torch, data, evaluate
+import resource, sys, types, torch, data, predict
 from dis2 import DIS2Config
 
 class PerPixel(torch.nn.Module):
@@ -191,14 +193,14 @@ class PerPixel(torch.nn.Module):
     def forward(self, rgir, ndsm):
         return types.SimpleNamespace(logits=self.mix(rgir), attention=None)
 
-def predict(image):
-    data.exit_on_user_error(lambda: evaluate.main(["--predict", out, "--rgir", image, *argv]))
+def label(image):
+    data.exit_on_user_error(lambda: predict.main(["--out", out, "--rgir", image, *argv]))
 
-evaluate.model_from_checkpoint = lambda *args: PerPixel().eval()
+predict.model_from_checkpoint = lambda *args: PerPixel().eval()
 out, small, large, *argv = sys.argv[1:]
-predict(small)  # the allocator's and torch's one-time costs
+label(small)  # the allocator's and torch's one-time costs
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-predict(large)
+label(large)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
 """
 
@@ -235,7 +237,7 @@ def refused(capsys, *argv):
 
 
 def test_both_modalities_missing_stops_the_command_line(checkpoint, tmp_path):
-    result = subprocess.run([sys.executable, "evaluate.py", "--predict", tmp_path / "out", "--checkpoint", checkpoint],
+    result = subprocess.run([sys.executable, "predict.py", "--out", tmp_path / "out", "--checkpoint", checkpoint],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "--rgir" in result.stderr
@@ -244,13 +246,13 @@ def test_both_modalities_missing_stops_the_command_line(checkpoint, tmp_path):
 
 def test_inputs_without_an_output_folder(checkpoint, tmp_path, capsys):
     ortho, _ = write_pair(tmp_path, *scene())
-    assert "--predict" in refused(capsys, "--rgir", ortho, "--checkpoint", checkpoint)
+    assert "--out" in refused(capsys, "--rgir", ortho, "--checkpoint", checkpoint)
 
 
 def test_modalities_of_different_sizes(checkpoint, tmp_path, capsys):
     rgir, ndsm = scene()
     ortho, height = write_pair(tmp_path, rgir, ndsm[:-1])
-    line = refused(capsys, "--predict", tmp_path / "out", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint)
+    line = refused(capsys, "--out", tmp_path / "out", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint)
     assert "differs from" in line
     assert not (tmp_path / "out").exists()
 
@@ -258,7 +260,7 @@ def test_modalities_of_different_sizes(checkpoint, tmp_path, capsys):
 def test_orthophoto_with_a_wrong_band_count(checkpoint, tmp_path, capsys):
     two_bands = tmp_path / "two.tif"
     tifffile.imwrite(two_bands, scene()[0][..., :2], planarconfig="contig")
-    line = refused(capsys, "--predict", tmp_path / "out", "--rgir", two_bands, "--checkpoint", checkpoint)
+    line = refused(capsys, "--out", tmp_path / "out", "--rgir", two_bands, "--checkpoint", checkpoint)
     assert "two.tif" in line and "3-band or 4-band" in line
     assert not (tmp_path / "out").exists()
 
@@ -266,7 +268,7 @@ def test_orthophoto_with_a_wrong_band_count(checkpoint, tmp_path, capsys):
 def test_truncated_input(checkpoint, tmp_path, capsys):
     ortho, height = write_pair(tmp_path, *scene())
     height.write_bytes(height.read_bytes()[:2000])
-    line = refused(capsys, "--predict", tmp_path / "out", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint)
+    line = refused(capsys, "--out", tmp_path / "out", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint)
     assert "cannot be read" in line
     assert not (tmp_path / "out").exists()
 
@@ -275,7 +277,7 @@ def test_a_bad_file_in_a_folder_stops_before_any_output(checkpoint, tmp_path, ca
     write_pair(tmp_path, *scene(), name="a")
     _, height = write_pair(tmp_path, *scene(seed=1), name="b")
     height.write_bytes(b"not an image")
-    line = refused(capsys, "--predict", tmp_path / "out", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
+    line = refused(capsys, "--out", tmp_path / "out", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
                    "--checkpoint", checkpoint)
     assert "b.tif" in line
     assert not (tmp_path / "out").exists()
@@ -285,7 +287,7 @@ def test_orthophoto_without_a_matching_ndsm(checkpoint, tmp_path, capsys):
     write_pair(tmp_path, *scene(), name="a")
     write_pair(tmp_path, *scene(), name="b")
     (tmp_path / "ndsm" / "b.tif").unlink()
-    line = refused(capsys, "--predict", tmp_path / "out", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
+    line = refused(capsys, "--out", tmp_path / "out", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
                    "--checkpoint", checkpoint)
     assert "b.tif" in line and "no NDSM of the same name" in line
 
@@ -293,13 +295,13 @@ def test_orthophoto_without_a_matching_ndsm(checkpoint, tmp_path, capsys):
 def test_checkpoint_of_another_class_count(tmp_path, capsys):
     ortho, _ = write_pair(tmp_path, *scene())
     five = tiny_checkpoint(tmp_path / "five.pt", num_classes=5)
-    assert "5 classes" in refused(capsys, "--predict", tmp_path / "out", "--rgir", ortho, "--checkpoint", five)
+    assert "5 classes" in refused(capsys, "--out", tmp_path / "out", "--rgir", ortho, "--checkpoint", five)
 
 
 def test_attention_of_a_model_without_classwise_attention(tmp_path, capsys):
     ortho, _ = write_pair(tmp_path, *scene())
     hf = tiny_checkpoint(tmp_path / "hf.pt", classwise=False, dlkd=False)
-    line = refused(capsys, "--predict", tmp_path / "out", "--rgir", ortho, "--checkpoint", hf, "--attention")
+    line = refused(capsys, "--out", tmp_path / "out", "--rgir", ortho, "--checkpoint", hf, "--attention")
     assert "no classwise attention" in line
 
 
@@ -307,7 +309,7 @@ def test_output_folder_that_is_not_writable(checkpoint, tmp_path, capsys):
     ortho, _ = write_pair(tmp_path, *scene())
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    assert "cannot write" in refused(capsys, "--predict", blocker / "out", "--rgir", ortho, "--checkpoint", checkpoint)
+    assert "cannot write" in refused(capsys, "--out", blocker / "out", "--rgir", ortho, "--checkpoint", checkpoint)
 
 
 def test_a_failed_write_leaves_no_partial_output(checkpoint, tmp_path, capsys, monkeypatch):
@@ -319,8 +321,8 @@ def test_a_failed_write_leaves_no_partial_output(checkpoint, tmp_path, capsys, m
         if len(written) == 3:
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(evaluate.StripWriter, "write", disk_full_on_the_third_strip)
-    line = refused(capsys, "--predict", tmp_path / "out", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint,
+    monkeypatch.setattr(predict_py.StripWriter, "write", disk_full_on_the_third_strip)
+    line = refused(capsys, "--out", tmp_path / "out", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint,
                    "--probabilities")
     assert "No space left on device" in line
     assert files(tmp_path / "out") == []  # neither outputs nor their temporary files

@@ -1,4 +1,4 @@
-"""train.py --reproduce at a toy budget (every table and figure, resumption), and the statistics of its tables."""
+"""reproduce.py at a toy budget (every table and figure, resumption), and the statistics of its tables."""
 
 import json
 
@@ -8,6 +8,9 @@ from PIL import Image
 
 import data
 import evaluate
+import reproduce
+import runtime
+import synth
 import train
 from dis2 import SCENARIOS
 from tools import hf_calibration
@@ -17,23 +20,23 @@ TOY = ["--epochs", "1", "--width", "4", "--patch", "32", "--samples-per-epoch", 
 
 def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, capsys):
     root, out = tmp_path / "data", tmp_path / "reproduction"
-    data.synthesize(root, dataset="vaihingen", tiles=4, size=64, seed=1)
-    train.main(["--reproduce", str(out), "--data", str(root), "--seeds", "2", *TOY])
-    for variant, settings in train.REPRODUCTION.items():
+    synth.synthesize(root, dataset="vaihingen", tiles=4, size=64, seed=1)
+    reproduce.main([str(out), "--data", str(root), "--seeds", "2", *TOY])
+    for variant, settings in reproduce.REPRODUCTION.items():
         for seed in (0, 1):
             run = out / "runs" / variant / f"seed{seed}"
             assert (run / "best.pt").is_file() and (run / "test.json").is_file()
-            config = evaluate.load_checkpoint(run / "best.pt")["config"]
-            assert config["layout"] == settings["layout"] and evaluate.load_checkpoint(run / "best.pt")["train_args"]["seed"] == seed
+            config = runtime.load_checkpoint(run / "best.pt")["config"]
+            assert config["layout"] == settings["layout"] and runtime.load_checkpoint(run / "best.pt")["train_args"]["seed"] == seed
             seconds = json.loads((run / "test.json").read_text())["train_seconds"]
-            assert seconds > 0 and seconds == evaluate.load_checkpoint(run / "last.pt")["state"]["train_seconds"]
+            assert seconds > 0 and seconds == runtime.load_checkpoint(run / "last.pt")["state"]["train_seconds"]
 
     tables = (out / "tables.md").read_text()
     for heading in ("## Table 1 analogue", "## Table 2 analogue", "## Paired differences against HF",
                     "## The two DIS2 layouts", "## Table 3 analogue", "## Training: has the loss flattened?", "## The paper's claims"):
         assert tables.count(heading) == 1, heading
     table2 = tables.split("## Table 2 analogue")[1].split("## Paired")[0]
-    for name in evaluate.VARIANT_NAMES.values():
+    for name in reproduce.VARIANT_NAMES.values():
         assert table2.count(f"| {name} (2 seeds) |") == 3, name  # one row per scenario
         assert " ± " in table2
     paired = tables.split("## Paired differences")[1].split("## The two DIS2 layouts")[0]
@@ -45,7 +48,7 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
     assert all(any(f"**{o}**" in c for o in ("holds", "does not hold", "not resolved")) for c in claims)
 
     results = json.loads((out / "results.json").read_text())
-    assert set(results["runs"]) == set(train.REPRODUCTION)
+    assert set(results["runs"]) == set(reproduce.REPRODUCTION)
     assert all(set(run["scores"]) == set(SCENARIOS) for runs in results["runs"].values() for run in runs.values())
     assert all(len(curve) == 1 for runs in results["training_curves"].values() for curve in runs.values())  # one epoch
 
@@ -64,14 +67,14 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
     shared, per_scenario = Image.open(out / "figure4_queries.png"), Image.open(out / "figure4_queries_per_scenario.png")
     assert per_scenario.size[0] > shared.size[0]  # one query heatmap per scenario instead of one shared
     # Every run draws its own Figures 4 and 6 (seeds may run in parallel); the reproduction shows the first seed's.
-    for variant, name in [*train.FIGURE4_NAMES.items(), ("dis2", train.FIGURE6_NAME)]:
+    for variant, name in [*reproduce.FIGURE4_NAMES.items(), ("dis2", reproduce.FIGURE6_NAME)]:
         first, second = (out / "runs" / variant / f"seed{seed}" / name for seed in (0, 1))
         assert (out / name).read_bytes() == first.read_bytes() and second.is_file()
 
     # Run again: every run is reused; a run without its scores is scored again, and only it.
     (out / "runs" / "hf+cw" / "seed1" / "test.json").unlink()
     capsys.readouterr()
-    train.main(["--reproduce", str(out), "--data", str(root), "--seeds", "2", *TOY])
+    reproduce.main([str(out), "--data", str(root), "--seeds", "2", *TOY])
     printed = capsys.readouterr().out
     assert printed.count("trained and scored already") == 9
     assert (out / "runs" / "hf+cw" / "seed1" / "test.json").is_file()
@@ -79,8 +82,8 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
 
 def test_a_calibration_run_trains_only_the_variants_asked_for(tmp_path, capsys):
     root, out = tmp_path / "data", tmp_path / "reproduction"
-    data.synthesize(root, dataset="vaihingen", tiles=4, size=64, seed=1)
-    train.main(["--reproduce", str(out), "--data", str(root), "--variants", "hf", *TOY])
+    synth.synthesize(root, dataset="vaihingen", tiles=4, size=64, seed=1)
+    reproduce.main([str(out), "--data", str(root), "--variants", "hf", *TOY])
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["hf"]
     assert sorted(p.name for p in (out / "runs" / "hf").iterdir()) == ["seed0", "seed1", "seed2"]
     tables = (out / "tables.md").read_text()
@@ -113,23 +116,24 @@ def test_calibration_rule_holds_on_the_papers_hf_and_fails_where_it_should():
     assert two["missing_rgir"]["impervious_surface"] == pytest.approx((64.07, np.std([66.07, 62.07], ddof=1)))
 
 
-def test_reproduction_flags_need_reproduce(capsys):
-    with pytest.raises(data.DataError, match="only apply to --reproduce"):
-        train.parse_args(["--data", "x", "--seeds", "2"])
+def test_reproduction_flags_moved_to_reproduce_py(capsys):
+    for flags in (["--reproduce", "x"], ["--data", "x", "--seeds", "2"], ["--data", "x", "--variants=hf"]):
+        with pytest.raises(data.DataError, match="has moved: use `python reproduce.py DIR"):
+            train.parse_args(flags)
     with pytest.raises(SystemExit):
-        train.parse_args(["--reproduce", "x", "--variants", "hf,dis3"])
+        reproduce.parse_args(["x", "--variants", "hf,dis3"])
     assert "give names from" in capsys.readouterr().err
 
 
 def test_paired_difference_and_verdict_match_a_hand_computation():
     a, b = {0: 70.0, 1: 74.0, 2: 72.0, 3: 50.0}, {0: 65.0, 1: 66.0, 2: 70.0}  # seed 3 has no pair
-    mean, se, n = evaluate.paired_difference(a, b)
+    mean, se, n = reproduce.paired_difference(a, b)
     d = np.array([5.0, 8.0, 2.0])
     assert n == 3 and mean == pytest.approx(5.0) and se == pytest.approx(d.std(ddof=1) / np.sqrt(3))
-    assert evaluate.verdict((mean, se, n)) == "above"  # 5 > 2 * 1.73
-    assert evaluate.verdict((1.0, 1.0, 3)) == "not resolved"
-    assert evaluate.verdict((-3.0, 1.0, 3)) == "below"
-    assert evaluate.verdict(evaluate.paired_difference({0: 1.0}, {0: 0.0})) == "not resolved"  # one pair: no spread
+    assert reproduce.verdict((mean, se, n)) == "above"  # 5 > 2 * 1.73
+    assert reproduce.verdict((1.0, 1.0, 3)) == "not resolved"
+    assert reproduce.verdict((-3.0, 1.0, 3)) == "below"
+    assert reproduce.verdict(reproduce.paired_difference({0: 1.0}, {0: 0.0})) == "not resolved"  # one pair: no spread
 
 
 def fake_run(mf1, distance):
@@ -144,7 +148,7 @@ def test_claims_hold_only_beyond_two_standard_errors():
     clear = {seed: fake_run((90, 66 + seed, 88 + seed), 0.5 + 0.01 * seed) for seed in range(3)}  # +6, +3 on every seed
     noisy = {seed: fake_run((90, 60 + 4 * (seed - 1) + seed, 85 + seed), 1.0 + 0.01 * seed) for seed in range(3)}
     def outcome(results, fragment):
-        return next(o for statement, o, _ in evaluate.claims(results) if fragment in statement and "per-scenario" not in statement)
+        return next(o for statement, o, _ in reproduce.claims(results) if fragment in statement and "per-scenario" not in statement)
 
     beats, shrinks, hardest = "(DIS2) beats HF", "shrinks the full-vs-missing distance", "hardest scenario for HF + CW + DLKD"
     assert [outcome({"hf": hf, "dis2": clear}, f) for f in (beats, shrinks, hardest)] == ["holds"] * 3
@@ -158,7 +162,7 @@ def test_the_layout_table_compares_per_scenario_with_shared_on_the_same_seeds():
     hf = {seed: fake_run((90, 60 + seed, 85 + seed), 1.0) for seed in range(3)}
     shared = {seed: fake_run((92, 64 + seed, 87 + seed), 0.5) for seed in range(3)}
     per_scenario = {seed: fake_run((92, 66 + 2 * seed, 86 + seed), 0.5) for seed in range(3)}  # +2, +3, +4; -1 always
-    tables = evaluate.tables_markdown({"hf": hf, "dis2": shared, "dis2-per-scenario": per_scenario}, {}, "toy")
+    tables = reproduce.tables_markdown({"hf": hf, "dis2": shared, "dis2-per-scenario": per_scenario}, {}, "toy")
     rows = [line for line in tables.split("## The two DIS2 layouts")[1].split("## Table 3")[0].splitlines()
             if line.startswith("| ") and "(n=3)" in line]
     assert [row.split(" | ")[3] for row in rows] == ["not resolved", "per-scenario better", "shared better"]

@@ -1,4 +1,4 @@
-"""Tests of the synthetic scenes (data.synthesize): determinism, tile names, class frequencies, and the
+"""Tests of the synthetic scenes (synth.synthesize): determinism, tile names, class frequencies, and the
 structure that makes each modality behave as in the ISPRS data (docs/synthetic_benchmark.md), pinned with
 simple statistics of the files as written. Where a property is new, the generator before that
 calibration fails the bound (its value in the comment)."""
@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 import data
+import probe
+import synth
 
 IMPERVIOUS, BUILDING, LOW_VEGETATION, TREE, CAR = range(5)
 
@@ -15,7 +17,7 @@ IMPERVIOUS, BUILDING, LOW_VEGETATION, TREE, CAR = range(5)
 def default_set(tmp_path_factory):
     """The quick-start default: six 1024-px Vaihingen tiles."""
     root = tmp_path_factory.mktemp("default")
-    data.synthesize(root, "vaihingen", tiles=6, size=1024, seed=0)
+    synth.synthesize(root, "vaihingen", tiles=6, size=1024, seed=0)
     return root
 
 
@@ -35,12 +37,12 @@ def pixels(tiles):
 
 def interior(tile, cls):
     """NDSM in metres of the pixels of a class at least 8 px from any other class: off the smeared edges."""
-    return tile.ndsm[~data._max_filter(tile.label != cls, 8)] / data.NDSM_LEVELS_PER_METRE
+    return tile.ndsm[~synth._max_filter(tile.label != cls, 8)] / data.NDSM_LEVELS_PER_METRE
 
 
 def test_generator_is_deterministic(tmp_path):
     for folder, seed in (("a", 7), ("b", 7), ("c", 8)):
-        data.synthesize(tmp_path / folder, "potsdam", tiles=2, size=48, seed=seed)
+        synth.synthesize(tmp_path / folder, "potsdam", tiles=2, size=48, seed=seed)
     files = sorted(path.relative_to(tmp_path / "a") for path in (tmp_path / "a").rglob("*") if path.is_file())
     assert len(files) == 8
     for relative in files:
@@ -51,13 +53,13 @@ def test_generator_is_deterministic(tmp_path):
 
 def test_synthetic_names_give_every_split_a_tile_and_all_areas_at_most():
     for dataset in data.DATASETS:
-        names = data._synthetic_names(dataset, 3)
+        names = synth._synthetic_names(dataset, 3)
         assert [[name in data.split_names(dataset, split) for name in names] for split in data.SPLITS] == [
             [True, False, False], [False, True, False], [False, False, True]]
         everything = sum((data.split_names(dataset, split) for split in data.SPLITS), [])
-        assert sorted(data._synthetic_names(dataset, len(everything))) == sorted(everything)
+        assert sorted(synth._synthetic_names(dataset, len(everything))) == sorted(everything)
     with pytest.raises(data.DataError, match="between 1 and 33"):
-        data._synthetic_names("vaihingen", 34)
+        synth._synthetic_names("vaihingen", 34)
 
 
 def test_class_frequencies_of_the_default_set_fall_in_the_documented_ranges(tiles):
@@ -77,10 +79,10 @@ def test_class_frequencies_of_the_default_set_fall_in_the_documented_ranges(tile
 
 def test_one_ndsm_threshold_finds_roofs_but_neither_lawns_nor_cars(tiles):
     # before: 0.89 and 0.98, the height alone told lawns and cars from roads
-    assert data.ndsm_threshold_accuracy(tiles, LOW_VEGETATION, IMPERVIOUS) < 0.72
-    assert data.ndsm_threshold_accuracy(tiles, CAR, IMPERVIOUS) < 0.85
-    assert data.ndsm_threshold_accuracy(tiles, BUILDING, IMPERVIOUS) > 0.93
-    assert data.ndsm_threshold_accuracy(tiles, TREE, BUILDING) < 0.8  # tree and building heights overlap
+    assert probe.ndsm_threshold_accuracy(tiles, LOW_VEGETATION, IMPERVIOUS) < 0.72
+    assert probe.ndsm_threshold_accuracy(tiles, CAR, IMPERVIOUS) < 0.85
+    assert probe.ndsm_threshold_accuracy(tiles, BUILDING, IMPERVIOUS) > 0.93
+    assert probe.ndsm_threshold_accuracy(tiles, TREE, BUILDING) < 0.8  # tree and building heights overlap
 
 
 def test_lawns_stand_at_the_ground_and_low_vegetation_has_hedges_and_shrubs(tiles, pixels):
@@ -144,9 +146,9 @@ def test_some_but_not_all_roofs_have_the_colours_of_roads(pixels):
 
 
 def test_probe_finds_the_ndsm_alone_much_weaker_than_the_irrg_alone(tmp_path):
-    data.synthesize(tmp_path, "vaihingen", tiles=6, size=512, seed=0)
-    results = data.probe(data.load_split(tmp_path, "train"), data.load_split(tmp_path, "test"), pixels=5000)
-    assert list(results) == list(data.PROBE_INPUTS)
+    synth.synthesize(tmp_path, "vaihingen", tiles=6, size=512, seed=0)
+    results = probe.probe(data.load_split(tmp_path, "train"), data.load_split(tmp_path, "test"), pixels=5000)
+    assert list(results) == list(probe.PROBE_INPUTS)
     mf1 = {inputs: np.mean([f1[c] for c in data.CLASSES[:5]]) for inputs, f1 in results.items()}
     assert mf1["NDSM only"] + 10 < mf1["IRRG only"]  # before: the NDSM alone was the stronger
     ndsm, irrg = results["NDSM only"], results["IRRG only"]
@@ -155,9 +157,9 @@ def test_probe_finds_the_ndsm_alone_much_weaker_than_the_irrg_alone(tmp_path):
 
 
 def test_probe_command_prints_one_row_per_input(tmp_path, capsys):
-    data.synthesize(tmp_path, "vaihingen", tiles=3, size=96, seed=1)
-    data.main(["probe", str(tmp_path), "--pixels", "2000"])
+    synth.synthesize(tmp_path, "vaihingen", tiles=3, size=96, seed=1)
+    probe.main([str(tmp_path), "--pixels", "2000"])
     lines = capsys.readouterr().out.splitlines()
-    rows = [line for line in lines if line.split("  ")[0] in data.PROBE_INPUTS]
+    rows = [line for line in lines if line.split("  ")[0] in probe.PROBE_INPUTS]
     assert len(rows) == 3 and all(len(row.split()) >= 6 for row in rows)
     assert any("balanced accuracy" in line for line in lines)

@@ -2,19 +2,24 @@
 
 import csv
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from PIL import Image
 
 import data
 import evaluate
+import runtime
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +51,7 @@ def assert_one_line_error(result, *fragments):
 
 def test_training_writes_checkpoints_and_metrics(trained_run):
     assert (trained_run / "last.pt").is_file() and (trained_run / "best.pt").is_file()
-    checkpoint = evaluate.load_checkpoint(trained_run / "last.pt")
+    checkpoint = runtime.load_checkpoint(trained_run / "last.pt")
     for key in ("model", "optimizer", "scheduler", "scaler", "rng", "state", "config", "train_args", "data", "dataset"):
         assert key in checkpoint, key
     assert checkpoint["state"]["epoch"] == 1 and checkpoint["state"]["global_step"] == 3
@@ -92,6 +97,32 @@ def test_evaluate_one_scenario_json_has_only_that_scenario(trained_run, tmp_path
     assert list(report["scenarios"]) == ["missing_rgir"] and report["split"] == "val" and report["eroded"] is False
 
 
+
+def test_eroded_flag_scores_the_eroded_label(trained_run, dataset, tmp_path):
+    """A test tile whose eroded label differs from its full label (a black band and a patch of
+    another class); each score is the overall accuracy of the same prediction against the label
+    asked for, counted by hand."""
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    tile = data.load_split(root, "test")[0]
+    eroded = tile.label.copy()
+    eroded[:, :20] = data.IGNORE_INDEX
+    eroded[40:60, 30:50] = (tile.label[40:60, 30:50] + 1) % 5
+    [eroded_path] = root.rglob(f"*{tile.name}_noBoundary.tif")
+    tifffile.imwrite(eroded_path, data.labels_to_rgb(eroded), photometric="rgb")
+    model = runtime.model_from_checkpoint(runtime.load_checkpoint(trained_run / "best.pt"), torch.device("cpu"))
+    prediction = evaluate.predict_tile(model, tile, ["full"], 32, 8, 4, torch.device("cpu"), None)["full"]
+    oa = {}
+    for flags, label in (([], tile.label), (["--eroded"], eroded)):
+        report_path = tmp_path / f"scores{len(flags)}.json"
+        evaluate.main(["--checkpoint", str(trained_run / "best.pt"), "--data", str(root), "--missing", "none",
+                       "--json", str(report_path), *flags])
+        scored = label != data.IGNORE_INDEX
+        hand_oa = 100 * sum(int(p == r) for p, r in zip(prediction[scored], label[scored])) / scored.sum()
+        oa[bool(flags)] = json.loads(report_path.read_text())["scenarios"]["full"]["OA"]
+        assert oa[bool(flags)] == pytest.approx(hand_oa)
+    assert oa[True] != oa[False]
+
 # -------------------------------------------------------------------- metrics
 
 
@@ -123,8 +154,8 @@ def test_a_perfect_prediction_scores_100():
 
 
 def test_sliding_window_prediction_covers_the_tile(trained_run, dataset):
-    checkpoint = evaluate.load_checkpoint(trained_run / "best.pt")
-    model = evaluate.model_from_checkpoint(checkpoint, torch.device("cpu"))
+    checkpoint = runtime.load_checkpoint(trained_run / "best.pt")
+    model = runtime.model_from_checkpoint(checkpoint, torch.device("cpu"))
     tile = data.load_split(dataset, "test")[0]
     predictions = evaluate.predict_tile(model, tile, ["full"], 32, 8, 3, torch.device("cpu"), None)
     assert predictions["full"].shape == tile.label.shape
@@ -138,8 +169,8 @@ def test_sliding_window_prediction_covers_the_tile(trained_run, dataset):
 
 
 def test_evaluation_uses_running_statistics_and_changes_no_state(trained_run, dataset):
-    checkpoint = evaluate.load_checkpoint(trained_run / "best.pt")
-    model = evaluate.model_from_checkpoint(checkpoint, torch.device("cpu")).train()
+    checkpoint = runtime.load_checkpoint(trained_run / "best.pt")
+    model = runtime.model_from_checkpoint(checkpoint, torch.device("cpu")).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     evaluate.evaluate_tiles(model, data.load_split(dataset, "val"), ["full"], 32, 8, 2, torch.device("cpu"), None,
                             progress=False)
@@ -150,7 +181,7 @@ def test_evaluation_uses_running_statistics_and_changes_no_state(trained_run, da
 
 
 def final_weights(out):
-    return evaluate.load_checkpoint(out / "last.pt")["model"]
+    return runtime.load_checkpoint(out / "last.pt")["model"]
 
 
 def test_interrupted_and_resumed_training_equals_uninterrupted(dataset, tmp_path, monkeypatch):
@@ -169,13 +200,13 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(dataset, tmp_path
 
     monkeypatch.setattr(train, "dis2_loss", loss_then_sigterm)
     train.main([*run, "--out", str(interrupted)])
-    state = evaluate.load_checkpoint(interrupted / "last.pt")["state"]
+    state = runtime.load_checkpoint(interrupted / "last.pt")["state"]
     assert (state["epoch"], state["step_in_epoch"]) == (0, 2)
     assert not (interrupted / "metrics.csv").exists()
     monkeypatch.setattr(train, "dis2_loss", real_loss)
     train.main(["--resume", str(interrupted)])
     # The wall time of the run adds up over its parts.
-    assert 0 < state["train_seconds"] < evaluate.load_checkpoint(interrupted / "last.pt")["state"]["train_seconds"]
+    assert 0 < state["train_seconds"] < runtime.load_checkpoint(interrupted / "last.pt")["state"]["train_seconds"]
 
     a, b = final_weights(straight), final_weights(interrupted)
     assert a.keys() == b.keys()
@@ -184,14 +215,83 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(dataset, tmp_path
     assert (straight / "metrics.csv").read_text() == (interrupted / "metrics.csv").read_text()
 
 
+def cosine_rate(step, total, peak=1e-3):
+    """The AdamW schedule by hand: warm-up over min(500, total // 10 + 1) steps, cosine to 0 at `total`."""
+    warmup = min(500, total // 10 + 1)
+    return peak * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
+
+
+def test_learning_rate_after_n_steps_is_the_schedules_value(dataset, tmp_path):
+    """3 steps per epoch, 2 epochs: the rate logged after epoch e is the schedule's at step 3e."""
+    train.main(["--data", str(dataset), "--epochs", "2", "--out", str(tmp_path / "run"), *TINY_RUN])
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [float(row["lr"]) for row in rows] == pytest.approx([cosine_rate(3, 6), cosine_rate(6, 6)], abs=1e-12)
+    assert float(rows[0]["lr"]) == pytest.approx(5e-4)
+
+
+def test_a_longer_resumed_run_goes_on_from_its_learning_rate(dataset, tmp_path, monkeypatch):
+    """Stopped after step 2 of 6 (rate r), resumed with 3 epochs instead of 2: from step 2 the rate
+    decays by a cosine from r to 0 at step 9, with no jump."""
+    out = tmp_path / "run"
+    real_loss, calls = train.dis2_loss, {"n": 0}
+
+    def loss_then_sigterm(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train, "dis2_loss", loss_then_sigterm)
+    train.main(["--data", str(dataset), "--epochs", "2", "--out", str(out), *TINY_RUN])
+    monkeypatch.setattr(train, "dis2_loss", real_loss)
+    rate = cosine_rate(2, 6)
+    assert runtime.load_checkpoint(out / "last.pt")["scheduler"]["_last_lr"][0] == pytest.approx(rate)
+    train.main(["--resume", str(out), "--epochs", "3"])
+    replanned = lambda step: rate * 0.5 * (1 + math.cos(math.pi * (step - 2) / (9 - 2)))
+    logged = [float(row["lr"]) for row in csv.DictReader(open(out / "metrics.csv"))]
+    assert logged == pytest.approx([replanned(3), replanned(6), replanned(9)], abs=1e-12)
+    assert logged[0] > cosine_rate(3, 6)  # slower than the old plan, and no jump up to the new full cosine's
+    assert logged[0] < rate
+
+
+def test_finished_adamw_run_asked_to_go_on_says_to_start_a_new_run(trained_run):
+    with pytest.raises(data.DataError, match="learning-rate schedule .the rate is 0."):
+        train.main(["--resume", str(trained_run), "--epochs", "2"])
+
+
+def test_a_skipped_fp16_step_does_not_advance_the_schedule(monkeypatch, recwarn):
+    """GradScaler skips the optimiser step when scaled gradients overflow; the schedule waits too."""
+    model = torch.nn.Conv2d(3, 6, 1)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # any gradient above 2 overflows
+    outputs = lambda rgir, ndsm, scenarios: {s: types.SimpleNamespace(logits=model(rgir)) for s in scenarios}
+    monkeypatch.setattr(train, "dis2_loss", lambda full, *rest: ((full.logits * 1e3).sum(), {"seg": torch.tensor(1.0)}))
+    before = [p.detach().clone() for p in model.parameters()]
+    train.train_step(outputs, optimizer, scheduler, scaler, torch.ones(1, 3, 4, 4), None, None, "ndsm", None, None)
+    assert scaler.get_scale() < 2.0**127  # the scaler saw the overflow and skipped the step
+    assert scheduler.last_epoch == 0 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
+
+
+def test_the_missing_modality_is_rgir_at_rate_p():
+    """Drawn per step from the seed and the step, as train_epoch draws it."""
+    for p in (0.0, 0.25, 0.6, 1.0):
+        drawn = [train.missing_modality(7, step, p) for step in range(4000)]
+        share = drawn.count("rgir") / len(drawn)
+        assert abs(share - p) <= 4 * math.sqrt(p * (1 - p) / len(drawn)), (p, share)
+    assert set(train.missing_modality(3, step, 1.0) for step in range(500)) == {"rgir"}
+    assert set(train.missing_modality(3, step, 0.0) for step in range(500)) == {"ndsm"}
+
+
 def test_resume_of_a_finished_run_says_how_to_go_on(trained_run):
-    with pytest.raises(data.DataError, match="already finished 1 epochs"):
+    with pytest.raises(data.DataError, match="already finished 1 epochs; its learning rate has decayed to 0"):
         train.main(["--resume", str(trained_run)])
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    train.save_checkpoint({"format": evaluate.CHECKPOINT_FORMAT, "value": 1}, path)
+    runtime.save_checkpoint({"format": runtime.CHECKPOINT_FORMAT, "value": 1}, path)
 
     def broken_save(obj, f):
         f.write(b"partial bytes")
@@ -199,8 +299,8 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypat
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError):
-        train.save_checkpoint({"format": evaluate.CHECKPOINT_FORMAT, "value": 2}, path)
-    assert evaluate.load_checkpoint(path)["value"] == 1
+        runtime.save_checkpoint({"format": runtime.CHECKPOINT_FORMAT, "value": 2}, path)
+    assert runtime.load_checkpoint(path)["value"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
@@ -223,7 +323,7 @@ def test_a_non_finite_loss_stops_with_the_step_and_term(dataset, tmp_path, monke
     assert stopped.value.code == 1
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert "epoch 2, step 4" in message and "distill_logit" in message and str(out / "last.pt") in message
-    assert evaluate.load_checkpoint(out / "last.pt")["state"]["epoch"] == 1
+    assert runtime.load_checkpoint(out / "last.pt")["state"]["epoch"] == 1
 
 
 # ----------------------------------------------------------------- bad input
@@ -253,7 +353,7 @@ def test_checkpoint_of_an_earlier_format_says_to_retrain(tmp_path):
 
 
 def test_checkpoint_whose_classes_do_not_match_the_data(trained_run, tmp_path):
-    checkpoint = evaluate.load_checkpoint(trained_run / "best.pt")
+    checkpoint = runtime.load_checkpoint(trained_run / "best.pt")
     checkpoint["config"]["num_classes"] = 5
     path = tmp_path / "five.pt"
     torch.save(checkpoint, path)

@@ -30,8 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's modules, from any directory
 
+import bench
 import data
-import evaluate
+import runtime
 import train
 from dis2 import DIS2, DIS2Config, LAYOUTS
 
@@ -57,7 +58,7 @@ def parse_args(argv=None):
                         "(the comparison runs one such process per model and step)")
     p.add_argument("--inference", action="store_true", help="with --peak-memory-of: inference steps instead")
     args = p.parse_args(argv)
-    evaluate.check_patch(args.patch)
+    runtime.check_patch(args.patch)
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
@@ -170,7 +171,7 @@ def count(step):
     the counter cannot see into; off, the same arithmetic is counted op by op."""
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        return evaluate.count_flops(step)
+        return bench.count_flops(step)
     finally:
         torch.backends.mha.set_fastpath_enabled(True)
 
@@ -201,7 +202,7 @@ def measure_all(args):
         print(f"{name}: {parameters / 1e6:.2f} M parameters, {figures[name]['train_gflop']:.1f} GFLOP per training step, "
               f"{figures[name]['inference_gflop']:.1f} GFLOP per inference", flush=True)
     for step in timed.values():
-        for _ in range(evaluate.BENCHMARK_WARMUP):
+        for _ in range(bench.BENCHMARK_WARMUP):
             step()
     seconds = {key: [] for key in timed}
     for round_ in range(args.repeats):

@@ -1,0 +1,289 @@
+"""
+Label maps of new imagery with a trained DIS2: an orthophoto and an NDSM, or
+either alone (the model's missing-modality scenarios), one file or a folder of
+them; the outputs are GeoTIFFs georeferenced as the inputs (docs/predict.md).
+
+    python predict.py --out maps/ --rgir ortho.tif --ndsm ndsm.tif --checkpoint runs/x/best.pt
+    python predict.py --out maps/ --rgir ortho.tif                 # without the NDSM
+    python predict.py --out maps/ --rgir orthos/ --ndsm ndsms/     # folders, matched by name
+
+Windows, batches and the averaging of overlapping windows are evaluate.py's, so
+a tile gets the labels evaluate.py scores; the image is written in strips of
+rows as they are done, so memory does not grow with the image.
+"""
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+from tqdm import tqdm
+
+import data
+from data import DataError
+from dis2 import upsample
+from runtime import (
+    AMP_HELP,
+    CHANNELS_LAST_HELP,
+    PRECISIONS,
+    autocast_dtype,
+    check_isprs_classes,
+    latest_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    resolve_device,
+    use_channels_last,
+    windows_of,
+    writable_dir,
+)
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+STRIP_ROWS = 64  # rows per TIFF strip of the outputs, so that a GIS reads part of a large map without all of it
+
+
+def window_outputs(model, rgir, ndsm, batch, window, device, amp_dtype, attention, memory_format):
+    """(B, K, window, window) softmax probabilities of the windows at `batch` (top-left corners)
+    from the modalities given (None: missing). With `attention`, K more channels: alpha_k of
+    Eq. 9 upsampled and scaled by h*w, so that 1 means uniform attention at any window size."""
+    cut = lambda image: None if image is None else np.stack([image[y : y + window, x : x + window] for y, x in batch])
+    r, n = cut(rgir), cut(ndsm)
+    # data.normalise takes both modalities: a missing one goes in as zeros and is dropped again
+    normalised = data.normalise(np.zeros((*n.shape, 3), np.uint8) if r is None else r,
+                                np.zeros(r.shape[:-1], np.uint8) if n is None else n)
+    r, n = (None if x is None else t.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            for x, t in zip((r, n), normalised))
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        out = model(r, n)  # model(rgir, None), model(None, ndsm): the missing-modality scenarios
+    probabilities = out.logits.float().softmax(dim=1)
+    if not attention:
+        return probabilities
+    alpha = out.attention.float()  # (B, K, window/16, window/16)
+    return torch.cat([probabilities, alpha.shape[-2] * alpha.shape[-1] * upsample(alpha, (window, window))], dim=1)
+
+
+def coverage(starts, size, window, device):
+    """(size,) how many of the windows starting at `starts` cover each position along one axis."""
+    count = torch.zeros(size, device=device)
+    for start in set(starts):
+        count[start : start + window] += 1
+    return count
+
+
+@torch.inference_mode()
+def predict_strips(model, rgir, ndsm, window, overlap, batch_size, device, amp_dtype,
+                   probabilities=False, attention=False, channels_last=None):
+    """Predicts one image from rgir (H, W, 3) and/or ndsm (H, W) uint8 (None: that modality is
+    missing) and yields it top to bottom in strips of rows: dicts with "labels", (h, W) uint8
+    class ids, and if asked "probabilities" and "attention", (h, W, K) float32 means over the
+    windows covering each pixel. Windows, batches and summation are predict_tile's, so the
+    labels are the same; but only the rows that windows still to come overlap are held
+    (K x about window + batch rows x W floats), never K x H x W. `channels_last`: as predict_tile's."""
+    H, W = (rgir if rgir is not None else ndsm).shape[:2]
+    memory_format = torch.channels_last if use_channels_last(device, channels_last) else torch.contiguous_format
+    rgir, ndsm = (None if x is None else data.pad_to_window(x, window) for x in (rgir, ndsm))
+    padded_h, padded_w = (rgir if rgir is not None else ndsm).shape[:2]
+    starts = data.sliding_windows(padded_h, padded_w, window, overlap)
+    K = model.config.num_classes
+    ys, xs = zip(*starts)
+    count_y, count_x = coverage(ys, padded_h, window, device), coverage(xs, padded_w, window, device)
+    held, top = torch.zeros(K * (1 + attention), 0, padded_w, device=device), 0  # sums for rows top, top + 1, ...
+    for i in tqdm(range(0, len(starts), batch_size), desc="windows", unit="batch", leave=False, disable=None):
+        batch = starts[i : i + batch_size]
+        new_rows = batch[-1][0] + window - top - held.shape[1]
+        if new_rows > 0:
+            held = torch.cat([held, held.new_zeros(held.shape[0], new_rows, padded_w)], dim=1)
+        values = window_outputs(model, rgir, ndsm, batch, window, device, amp_dtype, attention, memory_format)
+        for (y, x), window_values in zip(batch, values):
+            held[:, y - top : y - top + window, x : x + window] += window_values
+        done = starts[i + batch_size][0] if i + batch_size < len(starts) else padded_h  # no later window reaches above
+        if done > top:
+            sums = held[:, : min(done, H) - top, :W]
+            strip = {"labels": sums[:K].argmax(0).to(torch.uint8).cpu().numpy()}
+            if probabilities or attention:
+                means = (sums / (count_y[top : top + sums.shape[1], None] * count_x[:W])).movedim(0, -1).cpu().numpy()
+                if probabilities:
+                    strip["probabilities"] = means[..., :K]
+                if attention:
+                    strip["attention"] = means[..., K:]
+            yield strip
+            held, top = held[:, done - top :], done
+
+
+def images_in(folder, flag):
+    """File name without suffix -> path, for the images directly in a folder."""
+    found = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        if path.stem in found:
+            raise DataError(f"{flag} {folder}: {found[path.stem].name} and {path.name} have the same name; keep one of them")
+        found[path.stem] = path
+    if not found:
+        raise DataError(f"{flag} {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return found
+
+
+def prediction_pairs(rgir, ndsm):
+    """(orthophoto, NDSM) paths to predict, None for a missing modality, from --rgir and
+    --ndsm: two files, or two folders whose files are matched by name without suffix."""
+    given = {flag: Path(path) for flag, path in (("--rgir", rgir), ("--ndsm", ndsm)) if path}
+    if not given:
+        raise DataError("predict.py needs --rgir ORTHOPHOTO and/or --ndsm NDSM (files or folders); "
+                        "leave out only the modality that is missing")
+    for flag, path in given.items():
+        if not path.exists():
+            raise DataError(f"{flag} {path}: not found")
+    if len({path.is_dir() for path in given.values()}) > 1:
+        raise DataError("--rgir and --ndsm must both be files or both be folders")
+    if not next(iter(given.values())).is_dir():
+        return [(given.get("--rgir"), given.get("--ndsm"))]
+    found = {flag: images_in(folder, flag) for flag, folder in given.items()}
+    if "--ndsm" not in found:
+        return [(path, None) for path in found["--rgir"].values()]
+    if "--rgir" not in found:
+        return [(None, path) for path in found["--ndsm"].values()]
+    orthophotos, ndsms = found["--rgir"], found["--ndsm"]
+    unmatched = [path for name, path in orthophotos.items() if name not in ndsms]
+    if unmatched:
+        raise DataError(f"{unmatched[0]}: no NDSM of the same name in {given['--ndsm']} ({len(unmatched)} orthophoto(s) "
+                        "unmatched); name each NDSM as its orthophoto, or leave out --ndsm to predict without it")
+    unused = sorted(set(ndsms) - set(orthophotos))
+    if unused:
+        print(f"notice: {len(unused)} NDSM file(s) in {given['--ndsm']} have no orthophoto of the same name, not used: "
+              + " ".join(ndsms[name].name for name in unused))
+    return [(path, ndsms[name]) for name, path in orthophotos.items()]
+
+
+def read_pair(rgir_path, ndsm_path):
+    """The checked pixels of one pair (None for a missing modality) and the GeoTIFF tags of
+    its prediction: the orthophoto's, or the NDSM's if the orthophoto has none."""
+    rgir, rgir_tags = data.read_orthophoto(rgir_path) if rgir_path else (None, [])
+    ndsm, ndsm_tags = data.read_height_model(ndsm_path) if ndsm_path else (None, [])
+    if rgir is not None and ndsm is not None and ndsm.shape != rgir.shape[:2]:
+        raise DataError(f"{ndsm_path}: size {ndsm.shape[0]} x {ndsm.shape[1]} differs from {rgir_path} "
+                        f"({rgir.shape[0]} x {rgir.shape[1]}); the orthophoto and the NDSM must cover the same pixels")
+    return rgir, ndsm, rgir_tags or ndsm_tags
+
+
+class StripWriter:
+    """A GeoTIFF written strip by strip, top to bottom; uncompressed, so every strip goes
+    straight to its place in the file. It is written under a temporary name in the output
+    folder and renamed when complete (`commit`), so a failed run leaves no partial file."""
+
+    def __init__(self, path, shape, dtype, photometric, tags):
+        self.path, self.temporary = path, path.with_name(f".{path.name}.partial")
+        tifffile.imwrite(self.temporary, shape=shape, dtype=dtype, photometric=photometric, planarconfig="contig",
+                         rowsperstrip=STRIP_ROWS, extratags=tags, metadata=None)  # the header, room for the pixels
+        with tifffile.TiffFile(self.temporary) as tiff:
+            offset = tiff.pages.first.dataoffsets[0]
+        self.file = open(self.temporary, "r+b")
+        self.file.seek(offset)
+
+    def write(self, rows):
+        self.file.write(np.ascontiguousarray(rows).tobytes())
+
+    def commit(self):
+        self.file.close()
+        os.replace(self.temporary, self.path)
+
+    def discard(self):
+        self.file.close()
+        self.temporary.unlink(missing_ok=True)
+
+
+def stored(key, values, colour):
+    """A strip's values as written: class ids or palette colours; probabilities as uint8 0-255."""
+    if key == "labels":
+        return data.labels_to_rgb(values) if colour else values
+    return np.rint(255 * values).astype(np.uint8) if key == "probabilities" else values
+
+
+def predict_file(model, rgir_path, ndsm_path, out_dir, args, window, overlap, device, amp_dtype):
+    """OUT/<name>_labels.tif, and _probabilities.tif and _attention.tif if asked, for one input pair."""
+    rgir, ndsm, tags = read_pair(rgir_path, ndsm_path)
+    H, W = (rgir if rgir is not None else ndsm).shape[:2]
+    name, K = (rgir_path or ndsm_path).stem, model.config.num_classes
+    formats = {"labels": ((H, W, 3), np.uint8, "rgb") if args.colour else ((H, W), np.uint8, "minisblack")}
+    if args.probabilities:
+        formats["probabilities"] = ((H, W, K), np.uint8, "minisblack")
+    if args.attention:
+        formats["attention"] = ((H, W, K), np.float32, "minisblack")
+    writers = {}
+    try:
+        for key, (shape, dtype, photometric) in formats.items():
+            writers[key] = StripWriter(out_dir / f"{name}_{key}.tif", shape, dtype, photometric, tags)
+        for strip in predict_strips(model, rgir, ndsm, window, overlap, args.batch_size, device, amp_dtype,
+                                    args.probabilities, args.attention, args.channels_last):
+            for key, writer in writers.items():
+                writer.write(stored(key, strip[key], args.colour))
+        for writer in writers.values():
+            writer.commit()
+    except OSError as error:
+        raise DataError(f"--out {out_dir}: cannot write the prediction of {name} ({error.strerror or error}); "
+                        "free some space or choose another folder") from error
+    finally:
+        for writer in writers.values():
+            writer.discard()
+
+
+def predict(args, checkpoint, window, overlap, device, amp_dtype):
+    """Label maps of new imagery, one per orthophoto/NDSM pair."""
+    pairs = prediction_pairs(args.rgir, args.ndsm)
+    model = model_from_checkpoint(checkpoint, device, args.compile, args.channels_last)
+    if args.attention and not model.config.classwise:
+        raise DataError("--attention: this checkpoint's model has no classwise attention (an HF or HF+DLKD variant); "
+                        "drop --attention")
+    for pair in pairs:  # every input is read and checked before anything is written
+        read_pair(*pair)
+    out_dir = writable_dir(args.out, "--out")
+    start = time.perf_counter()
+    for rgir_path, ndsm_path in tqdm(pairs, desc="predicting", unit="image", disable=None):
+        predict_file(model, rgir_path, ndsm_path, out_dir, args, window, overlap, device, amp_dtype)
+    print(f"wrote the predictions of {len(pairs)} image(s) to {out_dir} in {time.perf_counter() - start:.1f} s")
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv=None):
+    p = data.ArgumentParser(description="Label maps of new imagery with a DIS2 checkpoint (docs/predict.md).")
+    p.add_argument("--out", required=True, metavar="OUT", help="folder for <name>_labels.tif per input, "
+                   "georeferenced as the input")
+    p.add_argument("--rgir", metavar="PATH", help="orthophoto: 8-bit 3-band IRRG or 4-band RGBIR GeoTIFF/PNG, "
+                   "or a folder of them; leave out if missing")
+    p.add_argument("--ndsm", metavar="PATH", help="NDSM: 8-bit or float metres, or a folder of them named as the "
+                   "orthophotos; leave out if missing")
+    p.add_argument("--checkpoint", help="checkpoint file (default: best.pt of the most recent run under runs/)")
+    p.add_argument("--colour", action="store_true", help="labels in the ISPRS palette colours instead of class ids")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write <name>_probabilities.tif: per-class probabilities, uint8 0-255, a band per class")
+    p.add_argument("--attention", action="store_true",
+                   help="also write <name>_attention.tif: the classwise attention maps alpha_k (Eq. 9) upsampled, "
+                        "float32, a band per class, 1 = uniform")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--amp", choices=tuple(PRECISIONS), help=AMP_HELP)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help=CHANNELS_LAST_HELP)
+    p.add_argument("--batch-size", type=data.positive_int, default=4, help="windows per forward pass")
+    p.add_argument("--patch", type=data.positive_int, help="side of the sliding windows, a multiple of 16 (default: the training patch)")
+    p.add_argument("--overlap", type=int, help="overlap of adjacent windows in pixels (default: a quarter window)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    amp_dtype = autocast_dtype(device, args.amp)
+    args.channels_last = use_channels_last(device, args.channels_last)
+    checkpoint_path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint()
+    checkpoint = check_isprs_classes(load_checkpoint(checkpoint_path), checkpoint_path)
+    window, overlap = windows_of(args, checkpoint)
+    predict(args, checkpoint, window, overlap, device, amp_dtype)
+
+
+if __name__ == "__main__":
+    data.exit_on_user_error(main)

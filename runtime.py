@@ -1,0 +1,167 @@
+"""
+What every command shares: the device, the precision (--amp, --channels-last),
+and checkpoints (written atomically, read with a one-line error for a wrong
+file, turned back into a model).
+"""
+
+import os
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from data import CLASSES, DataError
+from dis2 import DIS2, DIS2Config, STRIDE
+
+CHECKPOINT_FORMAT = "dis2-checkpoint-3"  # 2: fusion and decoder under fusion_decoders (DIS2Config.layout); 3: running statistics per scenario
+
+
+# -----------------------------------------------------------------------------
+# Devices and precision
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
+
+
+# --amp: the autocast dtype of each choice ("off": fp32). The same code runs
+# on CPU and CUDA: torch.autocast with the device type, and for fp16 a
+# GradScaler, which keeps small gradients from flushing to zero.
+PRECISIONS = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision(device, amp):
+    """--amp resolved on `device` to a key of PRECISIONS. Left out (None): on
+    CUDA bf16 where the GPU supports it, else fp16; on CPU off (mixed
+    precision pays off only with bf16 or fp16 arithmetic units, which most
+    CPUs lack). True and False are what checkpoints of the earlier on/off
+    flag hold."""
+    cuda_without_bf16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    if amp is False or (amp is None and device.type != "cuda"):
+        return "off"
+    if amp is None or amp is True:
+        return "fp16" if cuda_without_bf16 else "bf16"
+    if amp == "bf16" and cuda_without_bf16:
+        raise DataError("--amp bf16: this GPU does not support bf16; use --amp fp16")
+    return amp
+
+
+def autocast_dtype(device, amp):
+    """The autocast dtype of --amp on `device`; None = full precision."""
+    return PRECISIONS[precision(device, amp)]
+
+
+AMP_HELP = ("mixed precision: bf16, fp16 (with a gradient scaler in training) or off (fp32); "
+            "default: bf16 on CUDA where the GPU supports it, else fp16; off on CPU")
+CHANNELS_LAST_HELP = "channels-last (NHWC) memory for the model and its inputs (default: on with CUDA, off on CPU)"
+
+
+def use_channels_last(device, channels_last):
+    """--channels-last resolved: left out (None), on with CUDA, where cuDNN's
+    convolutions are faster in that layout, and off on CPU."""
+    return device.type == "cuda" if channels_last is None else channels_last
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints
+
+
+def config_dict(config):
+    return {f.name: getattr(config, f.name) for f in fields(config) if f.init}
+
+
+def save_checkpoint(state, path):
+    """Write to a temporary file in the same directory, then rename: a crash or
+    a kill during the write leaves the previous checkpoint as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path):
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found; pass --checkpoint PATH to a .pt file written by train.py")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__}); pass a .pt file written by train.py")
+    if isinstance(checkpoint, dict) and str(checkpoint.get("format", "")).startswith("dis2-checkpoint-") \
+            and checkpoint["format"] != CHECKPOINT_FORMAT:
+        raise DataError(f"{path}: written by another version of dis2 ({checkpoint['format']}, this one reads "
+                        f"{CHECKPOINT_FORMAT}); train again with this version")
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(f"{path}: not a DIS2 checkpoint (no '{CHECKPOINT_FORMAT}' marker); pass a .pt file written by train.py")
+    return checkpoint
+
+
+def check_isprs_classes(checkpoint, path):
+    """A checkpoint for the ISPRS labels predicts their six classes."""
+    if checkpoint["config"]["num_classes"] != len(CLASSES):
+        raise DataError(
+            f"{path}: the model predicts {checkpoint['config']['num_classes']} classes but the ISPRS "
+            f"labels have {len(CLASSES)}; use a checkpoint trained on ISPRS data"
+        )
+    return checkpoint
+
+
+def prepared(model, device, compile_model=False, channels_last=None):
+    """The model on `device` for inference, in channels-last memory (default:
+    on CUDA only, see use_channels_last), optionally compiled."""
+    model = model.to(device).eval()
+    if use_channels_last(device, channels_last):
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if compile_model else model
+
+
+def model_from_checkpoint(checkpoint, device, compile_model=False, channels_last=None):
+    model = DIS2(DIS2Config(**checkpoint["config"]))
+    model.load_state_dict(checkpoint["model"])
+    return prepared(model, device, compile_model, channels_last)
+
+
+def check_patch(patch):
+    """Training patches and evaluation windows: the encoders halve them four times."""
+    if patch % STRIDE:
+        raise DataError(f"--patch {patch}: must be a multiple of {STRIDE} (the encoders halve it four times)")
+    return patch
+
+
+def windows_of(args, checkpoint):
+    """The sliding window (--patch, default the training patch) and its overlap (--overlap, default a quarter)."""
+    window = check_patch(args.patch or checkpoint["train_args"]["patch"])
+    overlap = args.overlap if args.overlap is not None else window // 4
+    if not 0 <= overlap < window:
+        raise DataError(f"--overlap {overlap}: must be at least 0 and smaller than the window ({window})")
+    return window, overlap
+
+
+def latest_checkpoint(runs="runs", name="best.pt"):
+    candidates = sorted(Path(runs).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise DataError(f"no checkpoint given and no {runs}/*/{name} found; train first or pass --checkpoint PATH")
+    return candidates[-1]
+
+
+def writable_dir(path, flag):
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"{flag} {path}: cannot write there ({e.strerror}); choose a writable directory")
+    return path
