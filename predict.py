@@ -40,6 +40,7 @@ from runtime import (
     writable_dir,
 )
 
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 STRIP_ROWS = 64  # rows per TIFF strip of the outputs, so that a GIS reads part of a large map without all of it
 
@@ -157,15 +158,34 @@ def prediction_pairs(rgir, ndsm):
     return [(path, ndsms[name]) for name, path in orthophotos.items()]
 
 
-def read_pair(rgir_path, ndsm_path):
-    """The checked pixels of one pair (None for a missing modality) and the GeoTIFF tags of
-    its prediction: the orthophoto's, or the NDSM's if the orthophoto has none."""
-    rgir, rgir_tags = data.read_orthophoto(rgir_path) if rgir_path else (None, [])
-    ndsm, ndsm_tags = data.read_height_model(ndsm_path) if ndsm_path else (None, [])
+def read_pair(rgir_path, ndsm_path, args, trained_on=None):
+    """The checked pixels of one pair (None for a missing modality), read as --bands, --max-value
+    and --ndsm-unit say; the GeoTIFF tags of its prediction: the orthophoto's, or the NDSM's if
+    the orthophoto has none; and the notices of reading it (alpha bands left out, and, given the
+    checkpoint's dataset `trained_on`, pixel sizes far from those the model learnt)."""
+    rgir, rgir_tags, notices = (data.read_orthophoto(rgir_path, args.bands, args.max_value) if rgir_path
+                                else (None, [], []))
+    ndsm, ndsm_tags, ndsm_notices = data.read_height_model(ndsm_path, args.ndsm_unit) if ndsm_path else (None, [], [])
     if rgir is not None and ndsm is not None and ndsm.shape != rgir.shape[:2]:
         raise DataError(f"{ndsm_path}: size {ndsm.shape[0]} x {ndsm.shape[1]} differs from {rgir_path} "
                         f"({rgir.shape[0]} x {rgir.shape[1]}); the orthophoto and the NDSM must cover the same pixels")
-    return rgir, ndsm, rgir_tags or ndsm_tags
+    tags, tagged = (rgir_tags, rgir_path) if rgir_tags else (ndsm_tags, ndsm_path)
+    return rgir, ndsm, tags, notices + ndsm_notices + pixel_size_notice(tagged, tags, trained_on)
+
+
+SCALE_TOLERANCE = 1.5  # pixels this much larger or smaller than in training show objects at sizes never seen
+
+
+def pixel_size_notice(path, tags, trained_on):
+    """[a notice] when the GeoTIFF tags give a pixel size more than SCALE_TOLERANCE times off that of the
+    dataset the model was trained on (9 cm Vaihingen, 5 cm Potsdam), else []: the model's priors of how
+    large cars, trees and buildings are no longer hold."""
+    size, trained = data.pixel_size(tags), data.PIXEL_SIZE.get(trained_on)
+    if size is None or trained is None or 1 / SCALE_TOLERANCE <= size / trained <= SCALE_TOLERANCE:
+        return []
+    return [f"notice: {path}: pixels of {100 * size:.3g} cm, the model was trained on {100 * trained:.0f} cm "
+            f"({trained_on}), so objects appear at sizes it never saw; resample the image to about "
+            f"{100 * trained:.0f} cm for labels as good as in training"]
 
 
 class StripWriter:
@@ -203,7 +223,7 @@ def stored(key, values, colour):
 
 def predict_file(model, rgir_path, ndsm_path, out_dir, args, window, overlap, device, amp_dtype):
     """OUT/<name>_labels.tif, and _probabilities.tif and _attention.tif if asked, for one input pair."""
-    rgir, ndsm, tags = read_pair(rgir_path, ndsm_path)
+    rgir, ndsm, tags, _ = read_pair(rgir_path, ndsm_path, args)  # its notices were given when it was checked
     H, W = (rgir if rgir is not None else ndsm).shape[:2]
     name, K = (rgir_path or ndsm_path).stem, model.config.num_classes
     formats = {"labels": ((H, W, 3), np.uint8, "rgb") if args.colour else ((H, W), np.uint8, "minisblack")}
@@ -236,8 +256,10 @@ def predict(args, checkpoint, window, overlap, device, amp_dtype):
     if args.attention and not model.config.classwise:
         raise DataError("--attention: this checkpoint's model has no classwise attention (an HF or HF+DLKD variant); "
                         "drop --attention")
-    for pair in pairs:  # every input is read and checked before anything is written
-        read_pair(*pair)
+    for rgir_path, ndsm_path in pairs:  # every input is read and checked before anything is written
+        *_, notices = read_pair(rgir_path, ndsm_path, args, checkpoint.get("dataset"))
+        for notice in notices:
+            print(notice)
     out_dir = writable_dir(args.out, "--out")
     start = time.perf_counter()
     for rgir_path, ndsm_path in tqdm(pairs, desc="predicting", unit="image", disable=None):
@@ -249,14 +271,33 @@ def predict(args, checkpoint, window, overlap, device, amp_dtype):
 # Command line
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a number above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def parse_args(argv=None):
     p = data.ArgumentParser(description="Label maps of new imagery with a DIS2 checkpoint (docs/predict.md).")
     p.add_argument("--out", required=True, metavar="OUT", help="folder for <name>_labels.tif per input, "
                    "georeferenced as the input")
-    p.add_argument("--rgir", metavar="PATH", help="orthophoto: 8-bit 3-band IRRG or 4-band RGBIR GeoTIFF/PNG, "
-                   "or a folder of them; leave out if missing")
-    p.add_argument("--ndsm", metavar="PATH", help="NDSM: 8-bit or float metres, or a folder of them named as the "
-                   "orthophotos; leave out if missing")
+    p.add_argument("--rgir", metavar="PATH", help="orthophoto: a GeoTIFF (any common compression, 8-bit or deeper), "
+                   "PNG or JPEG, 3 bands IR, R, G or 4 bands R, G, B, IR (alpha bands not counted), or a folder of "
+                   "them; leave out if missing")
+    p.add_argument("--ndsm", metavar="PATH", help="NDSM: 8-bit as the ISPRS ones, float metres, or integers in "
+                   "--ndsm-unit; or a folder of them named as the orthophotos; leave out if missing")
+    p.add_argument("--bands", type=data.band_order, metavar="ORDER",
+                   help="the orthophoto's bands in file order, named ir, r, g and optionally b, e.g. g,r,ir or "
+                        "b,g,r,ir (default: by their count, as --rgir says); naming every band, alpha included, "
+                        "reads a band tagged as alpha as data")
+    p.add_argument("--max-value", type=data.positive_int, metavar="N",
+                   help="the orthophoto value that becomes 255, e.g. 4095 for 12-bit data (default: the file's "
+                        "MaxSampleValue, else the top of its bit depth: 255, 65535, ...)")
+    p.add_argument("--ndsm-unit", type=positive_float, metavar="METRES",
+                   help="metres per NDSM value, e.g. 0.01 for centimetres; needed for integer NDSMs other than "
+                        "8-bit (default: 8-bit as the ISPRS NDSMs, float as metres)")
     p.add_argument("--checkpoint", help="checkpoint file (default: best.pt of the most recent run under runs/)")
     p.add_argument("--colour", action="store_true", help="labels in the ISPRS palette colours instead of class ids")
     p.add_argument("--probabilities", action="store_true",

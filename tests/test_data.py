@@ -244,11 +244,11 @@ def scribble(path):
 
 
 def four_bands(path):
-    tifffile.imwrite(path, np.zeros((64, 64, 4), np.uint8))
+    tifffile.imwrite(path, np.zeros((64, 64, 4), np.uint8), extrasamples=["unspecified"])  # a 4th band, not alpha
 
 
-def sixteen_bit(path):
-    tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint16))
+def float_bands(path):
+    tifffile.imwrite(path, np.zeros((64, 64, 3), np.float32), photometric="rgb")
 
 
 def smaller(path):
@@ -266,8 +266,8 @@ def off_palette(path):
     [
         ("image", truncate, "truncated or corrupt"),
         ("image", scribble, "truncated or corrupt"),
-        ("image", four_bands, "expected a 3-band uint8 image"),
-        ("image", sixteen_bit, "expected a 3-band uint8 image"),
+        ("image", four_bands, "expected a 3-band image (IR, R, G), found 4 bands"),
+        ("image", float_bands, "float32 bands; orthophotos are read as integers"),
         ("ndsm", truncate, "truncated or corrupt"),
         ("ndsm", smaller, "size 60 x 64 differs from"),
         ("label", scribble, "truncated or corrupt"),
