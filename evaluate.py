@@ -96,7 +96,9 @@ def predict_tile(model, tile, scenarios, window, overlap, batch_size, device, am
     """Class maps (H, W) uint8 for each scenario. Windows are batched; each
     window runs every encoder once for all scenarios. With `distances` (a dict
     pair -> [sum, count]), adds the L2 distance between the penultimate
-    features Z of each pair of scenarios, averaged over the window's pixels.
+    features Z of each pair of scenarios, averaged over the window's pixels;
+    under the key "z_full" it adds the L2 norm of the full scenario's Z, the
+    yardstick of a distance that a rescaling of Z cannot move.
     `channels_last` is the memory format of the model (see use_channels_last);
     the windows take it too, which spares the first convolution a copy."""
     H, W = tile.label.shape
@@ -119,30 +121,55 @@ def predict_tile(model, tile, scenarios, window, overlap, batch_size, device, am
             p = out.logits.float().softmax(dim=1)
             for (y, x), p_window in zip(batch, p):
                 probs[s][:, y : y + window, x : x + window] += p_window
-        for a, b in distances or {}:
-            distance = (outputs[a].z.float() - outputs[b].z.float()).norm(dim=1).mean(dim=(1, 2))  # (B,)
-            distances[a, b][0] += distance.sum().item()
-            distances[a, b][1] += len(batch)
+        for key in distances or {}:
+            if key == "z_full":
+                distance = outputs["full"].z.float().norm(dim=1).mean(dim=(1, 2))  # (B,)
+            else:
+                a, b = key
+                distance = (outputs[a].z.float() - outputs[b].z.float()).norm(dim=1).mean(dim=(1, 2))
+            distances[key][0] += distance.sum().item()
+            distances[key][1] += len(batch)
     return {s: p[:, :H, :W].argmax(0).to(torch.uint8).cpu().numpy() for s, p in probs.items()}
 
 
 def evaluate_tiles(model, tiles, scenarios, window, overlap, batch_size, device, amp_dtype,
                    eroded=False, feature_distance=False, save_dir=None, progress=True, channels_last=None):
     """Scores each scenario over all tiles from one confusion matrix per scenario.
-    Returns (scores per scenario, feature distances per pair or None)."""
+    Returns (scores per scenario, feature distances per pair or None, per tile):
+    `per_tile[name]` holds the tile's confusion matrix per scenario (rows: reference,
+    columns: predicted) and, with `feature_distance`, its windows' mean distance per pair,
+    the mean norm of the full scenario's Z ("z_full") and the number of windows, so that
+    any statistic over tiles can be recomputed without the model."""
     model.eval()  # batch norm with its running statistics; train.py switches back after validation
     confusion = {s: np.zeros((len(CLASSES),) * 2, np.int64) for s in scenarios}
-    distances = {pair: [0.0, 0] for pair in DISTANCE_PAIRS if set(pair) <= set(scenarios)} if feature_distance else None
+    pairs = [pair for pair in DISTANCE_PAIRS if set(pair) <= set(scenarios)] if feature_distance else []
+    keys = pairs + (["z_full"] if pairs and "full" in scenarios else [])
+    distances = {key: [0.0, 0] for key in keys}
+    per_tile = {}
     for tile in tqdm(tiles, desc="tiles", unit="tile", disable=not progress):
         label = tile.label_eroded if eroded else tile.label
-        predictions = predict_tile(model, tile, scenarios, window, overlap, batch_size, device, amp_dtype, distances,
-                                   channels_last)
+        tile_distances = {key: [0.0, 0] for key in keys}
+        predictions = predict_tile(model, tile, scenarios, window, overlap, batch_size, device, amp_dtype,
+                                   tile_distances if keys else None, channels_last)
+        per_tile[tile.name] = {"confusion": {}}
         for s, pred in predictions.items():
-            confusion[s] += confusion_matrix(pred, label)
+            tile_confusion = confusion_matrix(pred, label)
+            confusion[s] += tile_confusion
+            per_tile[tile.name]["confusion"][s] = tile_confusion.tolist()
             if save_dir is not None:
                 Image.fromarray(data.labels_to_rgb(pred)).save(Path(save_dir) / f"{tile.name}_{s}.png")
-    mean_distance = {pair: total / max(count, 1) for pair, (total, count) in distances.items()} if distances else None
-    return {s: scores(c) for s, c in confusion.items()}, mean_distance
+        if keys:
+            windows = next(iter(tile_distances.values()))[1]
+            per_tile[tile.name].update(windows=windows, feature_distance={
+                distance_name(key): total / windows for key, (total, _) in tile_distances.items()})
+            for key, (total, count) in tile_distances.items():
+                distances[key][0] += total
+                distances[key][1] += count
+    mean_distance = {key: total / max(count, 1) for key, (total, count) in distances.items() if key != "z_full"} \
+        if feature_distance else None
+    if mean_distance is not None and "z_full" in distances:
+        mean_distance["z_full"] = distances["z_full"][0] / max(distances["z_full"][1], 1)
+    return {s: scores(c) for s, c in confusion.items()}, mean_distance, per_tile
 
 
 # -----------------------------------------------------------------------------
@@ -164,17 +191,27 @@ def table(results):
     return "\n".join(lines)
 
 
+def distance_name(key):
+    """(a, b) -> "a_vs_b", the JSON form of a pair; "z_full" stays as it is."""
+    return key if isinstance(key, str) else f"{key[0]}_vs_{key[1]}"
+
+
 def distances_by_name(distances):
-    """{(a, b): d} -> {"a_vs_b": d}, the JSON form of Table 3."""
-    return {f"{a}_vs_{b}": d for (a, b), d in distances.items()}
+    """{(a, b): d, "z_full": n} -> {"a_vs_b": d, "z_full": n}, the JSON form of Table 3."""
+    return {distance_name(key): d for key, d in distances.items()}
 
 
 def distance_table(distances):
     """The layout of the paper's Table 3: mean L2 distance between the
-    penultimate features Z of two scenarios, over all windows."""
-    lines = [f"{'Scenario pair':<36}{'L2 distance of Z':>18}"]
-    for (a, b), d in distances.items():
-        lines.append(f"{SHORT_NAMES[a] + ' vs ' + SHORT_NAMES[b]:<36}{d:>18.4f}")
+    penultimate features Z of two scenarios, over all windows; and the same
+    divided by the mean norm of the full scenario's Z, which a rescaling of Z
+    cannot move."""
+    lines = [f"{'Scenario pair':<36}{'L2 distance of Z':>18}{'/ |Z full|':>12}"]
+    for key, d in distances.items():
+        if key == "z_full":
+            continue
+        relative = f"{d / distances['z_full']:>12.4f}" if distances.get("z_full") else f"{'-':>12}"
+        lines.append(f"{SHORT_NAMES[key[0]] + ' vs ' + SHORT_NAMES[key[1]]:<36}{d:>18.4f}{relative}")
     return "\n".join(lines)
 
 
@@ -230,7 +267,7 @@ def main(argv=None):
     scenarios = chosen_scenarios(args.missing)
 
     start = time.perf_counter()
-    results, distances = evaluate_tiles(model, tiles, scenarios, window, overlap, args.batch_size, device, amp_dtype,
+    results, distances, per_tile = evaluate_tiles(model, tiles, scenarios, window, overlap, args.batch_size, device, amp_dtype,
                                         eroded=args.eroded, feature_distance=args.feature_distance, save_dir=save_dir,
                                         channels_last=args.channels_last)
     seconds = time.perf_counter() - start
@@ -244,6 +281,7 @@ def main(argv=None):
         report = {"checkpoint": str(checkpoint_path), "split": args.split, "eroded": args.eroded, "scenarios": results}
         if distances:
             report["feature_distance"] = distances_by_name(distances)
+        report["per_tile"] = per_tile
         Path(args.json).write_text(json.dumps(report, indent=2))
 
 

@@ -371,7 +371,7 @@ def validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, am
     """Scores the validation tiles in the three scenarios; returns the epoch's metrics row."""
     # Windows without overlap: half the cost of the test-time quarter overlap, and
     # model selection compares epochs with each other, not with the paper.
-    results, _ = evaluate_tiles(net, val_tiles, list(SCENARIOS), args.patch, 0,
+    results, _, _ = evaluate_tiles(net, val_tiles, list(SCENARIOS), args.patch, 0,
                                 args.batch_size, device, amp_dtype, progress=False, channels_last=args.channels_last)
     net.train()
     score = float(np.mean([r["mF1"] or 0.0 for r in results.values()]))

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import data
@@ -40,19 +41,24 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
         assert table2.count(f"| {name} (2 seeds) |") == 3, name  # one row per scenario
         assert " ± " in table2
     paired = tables.split("## Paired differences")[1].split("## The two DIS2 layouts")[0]
-    assert paired.count("(n=2)") == 3 * 4  # every scenario, every variant but HF
+    assert paired.count("(n=2)") == 3 * 4 * 2  # every scenario, every variant but HF, both clutter protocols
     layouts = tables.split("## The two DIS2 layouts")[1].split("## Table 3")[0]
-    assert layouts.count("(n=2)") == 3  # one row per scenario
+    assert layouts.count("(n=2)") == 3 * 2  # one row per scenario, both protocols
     claims = [line for line in tables.split("## The paper's claims")[1].splitlines() if line.startswith("- ")]
     assert len(claims) == 7  # beats HF and shrinks the distance (two layouts each), hardest scenario (three variants)
     assert all(any(f"**{o}**" in c for o in ("holds", "does not hold", "not resolved")) for c in claims)
 
     results = json.loads((out / "results.json").read_text())
     assert set(results["runs"]) == set(reproduce.REPRODUCTION)
+    test_tiles = data.load_split(root, "test")
+    for runs in results["runs"].values():
+        for run in runs.values():  # per-tile confusions: any statistic can be recomputed without the model
+            assert run["test_set"] == f"the test split of {root}" and set(run["per_tile"]) == {t.name for t in test_tiles}
+    difference = results["differences"]["vs_hf"]["ignored"]["missing_rgir"]["dis2"]
+    assert difference["n"] == 2 and difference["ci95_seeds_and_tiles"] >= difference["ci95_seeds"] >= 0
     assert all(set(run["scores"]) == set(SCENARIOS) for runs in results["runs"].values() for run in runs.values())
     assert all(len(curve) == 1 for runs in results["training_curves"].values() for curve in runs.values())  # one epoch
 
-    test_tiles = data.load_split(root, "test")
     H, W = test_tiles[0].label.shape
     # grid_image: a 150 px label column, a 28 px header, 6 px gaps; cells resized to a fixed height
     figures = {
@@ -78,6 +84,42 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
     printed = capsys.readouterr().out
     assert printed.count("trained and scored already") == 9
     assert (out / "runs" / "hf+cw" / "seed1" / "test.json").is_file()
+
+
+def test_synthetic_reproduction_scores_fresh_test_tiles_and_retrains_what_is_gone(tmp_path, monkeypatch, capsys):
+    """Without --data: the benchmark's own test split is the calibration set, the test tiles come
+    from another generator seed; a test.json of other tiles is scored again from the checkpoints,
+    and a run whose checkpoints are gone is trained again."""
+    monkeypatch.setitem(reproduce.SYNTHETIC_BENCHMARKS, "reproduce", dict(tiles=4, size=64, seed=1))
+    monkeypatch.setitem(reproduce.TEST_TILES, "reproduce", dict(tiles=4, size=64, seed=5))
+    out = tmp_path / "reproduction"
+    reproduce.main([str(out), "--variants", "hf", "--seeds", "2", *TOY])
+    fresh, calibration = data.load_split(out / "data-test", "test"), data.load_split(out / "data", "test")
+    assert not np.array_equal(fresh[0].rgir, calibration[0].rgir)
+    run = out / "runs" / "hf" / "seed0"
+    result = json.loads((run / "test.json").read_text())
+    assert result["test_set"] == f"the {len(fresh)} test tiles of generator seed 5 (never used before)"
+    model = runtime.model_from_checkpoint(runtime.load_checkpoint(run / "best.pt"), torch.device("cpu"))
+    expected, _, _ = evaluate.evaluate_tiles(model, fresh, list(SCENARIOS), 32, 8, 2, torch.device("cpu"), None, progress=False)
+    assert result["scores"] == expected
+    calibrated, _, _ = evaluate.evaluate_tiles(model, calibration, list(SCENARIOS), 32, 8, 2, torch.device("cpu"), None,
+                                               progress=False)
+    assert json.loads((run / "calibration.json").read_text())["scores"] == calibrated
+    # An earlier test.json (scored on other tiles): scored again from the checkpoint, not trained again.
+    (run / "test.json").write_text(json.dumps({**result, "test_set": "older tiles"}))
+    metrics = (run / "metrics.csv").read_text()
+    # The same, but its checkpoints are gone (as after a fresh clone): trained again.
+    gone = out / "runs" / "hf" / "seed1"
+    (gone / "test.json").write_text(json.dumps({**result, "test_set": "older tiles"}))
+    for name in ("best.pt", "last.pt"):
+        (gone / name).unlink()
+    capsys.readouterr()
+    reproduce.main([str(out), "--variants", "hf", "--seeds", "2", *TOY])
+    printed = capsys.readouterr().out
+    assert "trained and scored already" not in printed and printed.count("epoch 1/1 ") == 1  # only seed 1 trained
+    assert json.loads((run / "test.json").read_text())["test_set"] == result["test_set"]
+    assert (run / "metrics.csv").read_text() == metrics
+    assert len((gone / "metrics.csv").read_text().splitlines()) == 2  # header and one epoch: the old rows went
 
 
 def test_a_calibration_run_trains_only_the_variants_asked_for(tmp_path, capsys):
@@ -123,47 +165,3 @@ def test_reproduction_flags_moved_to_reproduce_py(capsys):
     with pytest.raises(SystemExit):
         reproduce.parse_args(["x", "--variants", "hf,dis3"])
     assert "give names from" in capsys.readouterr().err
-
-
-def test_paired_difference_and_verdict_match_a_hand_computation():
-    a, b = {0: 70.0, 1: 74.0, 2: 72.0, 3: 50.0}, {0: 65.0, 1: 66.0, 2: 70.0}  # seed 3 has no pair
-    mean, se, n = reproduce.paired_difference(a, b)
-    d = np.array([5.0, 8.0, 2.0])
-    assert n == 3 and mean == pytest.approx(5.0) and se == pytest.approx(d.std(ddof=1) / np.sqrt(3))
-    assert reproduce.verdict((mean, se, n)) == "above"  # 5 > 2 * 1.73
-    assert reproduce.verdict((1.0, 1.0, 3)) == "not resolved"
-    assert reproduce.verdict((-3.0, 1.0, 3)) == "below"
-    assert reproduce.verdict(reproduce.paired_difference({0: 1.0}, {0: 0.0})) == "not resolved"  # one pair: no spread
-
-
-def fake_run(mf1, distance):
-    """A run's test.json with these mF1 per scenario and full-vs-missing distances."""
-    score = lambda m: {"f1": {c: m for c in data.CLASSES}, "mF1": m, "mIoU": m, "OA": m}
-    return {"scores": {s: score(m) for s, m in zip(SCENARIOS, mf1)},
-            "feature_distance": {f"{a}_vs_{b}": distance for a, b in evaluate.DISTANCE_PAIRS}}
-
-
-def test_claims_hold_only_beyond_two_standard_errors():
-    hf = {seed: fake_run((90, 60 + seed, 85 + seed), 1.0 + 0.01 * seed) for seed in range(3)}
-    clear = {seed: fake_run((90, 66 + seed, 88 + seed), 0.5 + 0.01 * seed) for seed in range(3)}  # +6, +3 on every seed
-    noisy = {seed: fake_run((90, 60 + 4 * (seed - 1) + seed, 85 + seed), 1.0 + 0.01 * seed) for seed in range(3)}
-    def outcome(results, fragment):
-        return next(o for statement, o, _ in reproduce.claims(results) if fragment in statement and "per-scenario" not in statement)
-
-    beats, shrinks, hardest = "(DIS2) beats HF", "shrinks the full-vs-missing distance", "hardest scenario for HF + CW + DLKD"
-    assert [outcome({"hf": hf, "dis2": clear}, f) for f in (beats, shrinks, hardest)] == ["holds"] * 3
-    assert outcome({"hf": hf, "dis2": noisy}, beats) == "not resolved"  # differences -4, 0, +4
-    assert outcome({"hf": hf, "dis2": noisy}, shrinks) == "not resolved"  # identical distances
-    worse = {seed: fake_run((90, 50 + seed, 85 + seed), 1.0) for seed in range(3)}
-    assert outcome({"hf": hf, "dis2": worse}, beats) == "does not hold"
-
-
-def test_the_layout_table_compares_per_scenario_with_shared_on_the_same_seeds():
-    hf = {seed: fake_run((90, 60 + seed, 85 + seed), 1.0) for seed in range(3)}
-    shared = {seed: fake_run((92, 64 + seed, 87 + seed), 0.5) for seed in range(3)}
-    per_scenario = {seed: fake_run((92, 66 + 2 * seed, 86 + seed), 0.5) for seed in range(3)}  # +2, +3, +4; -1 always
-    tables = reproduce.tables_markdown({"hf": hf, "dis2": shared, "dis2-per-scenario": per_scenario}, {}, "toy")
-    rows = [line for line in tables.split("## The two DIS2 layouts")[1].split("## Table 3")[0].splitlines()
-            if line.startswith("| ") and "(n=3)" in line]
-    assert [row.split(" | ")[3] for row in rows] == ["not resolved", "per-scenario better", "shared better"]
-    assert "+3.00 ± 0.58 (n=3)" in rows[1] and "-1.00 ± 0.00 (n=3)" in rows[2]

@@ -3,8 +3,11 @@ HF runs of a reproduction:
 
     python tools/hf_calibration.py docs/reproduction
 
-reads DIR/runs/hf/seed*/test.json, prints HF's F1 per class and mF1 in each scenario (mean and
-standard deviation over the seeds found) and whether each part of the rule holds on the means.
+reads each HF run's scores on the tiles the benchmark was calibrated on (DIR/runs/hf/seed*/
+calibration.json, the synthetic benchmark's own test split, which reproduce.py now scores as a
+second validation set; test.json where there is none, as with --data), prints HF's F1 per class and
+mF1 in each scenario (mean and standard deviation over the seeds found) and whether each part of the
+rule holds on the means. It never reads the fresh test tiles.
 """
 import json
 import sys
@@ -58,12 +61,14 @@ def rule_checks(table: dict) -> list[tuple[str, bool]]:
 
 def main(argv=None):
     p = data.ArgumentParser(description="Check the synthetic benchmark's calibration rule on HF runs.")
-    p.add_argument("reproduction", help="the --reproduce directory (holding runs/hf/seed*/test.json)")
+    p.add_argument("reproduction", help="the reproduce.py directory (holding runs/hf/seed*/calibration.json)")
     args = p.parse_args(argv)
-    files = sorted(Path(args.reproduction).glob("runs/hf/seed*/test.json"))
+    runs = sorted(Path(args.reproduction).glob("runs/hf/seed*"))
+    files = [run / "calibration.json" if (run / "calibration.json").exists() else run / "test.json" for run in runs]
+    files = [f for f in files if f.exists()]
     if not files:
-        raise data.DataError(f"no HF runs in {args.reproduction} (runs/hf/seed*/test.json): "
-                             "run python train.py --reproduce DIR --variants hf first")
+        raise data.DataError(f"no HF runs in {args.reproduction} (runs/hf/seed*/calibration.json): "
+                             "run python reproduce.py DIR --variants hf first")
     table = mean_scores([json.loads(f.read_text())["scores"] for f in files])
     print(f"HF, {len(files)} seeds ({', '.join(f.parent.name for f in files)}): F1 % mean ± std")
     print(f"{'scenario':<26}" + "".join(f"{name[:12]:>14}" for name in table["full"]))

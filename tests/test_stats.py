@@ -1,0 +1,177 @@
+"""stats.py: scores from per-tile confusions under both clutter protocols, Student-t quantiles, paired
+differences with intervals over seeds and tiles, verdicts, the claims, and a feature distance that a
+rescaling of Z cannot move."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import evaluate
+import reproduce
+import stats
+from dis2 import DIS2, DIS2Config, SCENARIOS
+
+CLUTTER = data.CLASSES.index("clutter")
+
+
+def test_t_quantiles_match_the_integral_of_the_density():
+    for df in (1, 2, 3, 4, 6, 10, 30, 40, 120):
+        log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+        q = stats.t_quantile(df)
+        x = np.linspace(0, q, 200_001)
+        density = np.exp(log_norm - (df + 1) / 2 * np.log1p(x * x / df))
+        assert 2 * np.trapezoid(density, x) == pytest.approx(0.95, abs=2e-5), df
+
+
+def hand_f1(confusion, ignore_clutter):
+    """F1 per class by counting, one class at a time."""
+    K = len(confusion)
+    rows = [r for r in range(K) if not (ignore_clutter and r == CLUTTER)]
+    f1 = []
+    for k in range(K):
+        tp = confusion[k][k] if k in rows else 0
+        fp = sum(confusion[r][k] for r in rows if r != k)
+        fn = sum(confusion[k][c] for c in range(K) if c != k) if k in rows else 0
+        f1.append(float("nan") if 2 * tp + fp + fn == 0 else 200 * tp / (2 * tp + fp + fn))
+    return f1
+
+
+def test_scores_from_confusions_under_both_protocols():
+    rng = np.random.default_rng(3)
+    confusion = rng.integers(0, 50, (6, 6)) + np.diag([500] * 6)
+    confusion[CLUTTER, 4] = 400  # clutter taken for cars
+    for protocol, ignore in (("counted", False), ("ignored", True)):
+        expected = hand_f1(confusion.tolist(), ignore)
+        np.testing.assert_allclose(stats.f1_per_class(confusion, protocol), expected)
+        assert stats.mean_f1(confusion, protocol) == pytest.approx(np.mean(expected[:5]))
+    assert stats.mean_f1(confusion, "counted") == pytest.approx(evaluate.scores(confusion)["mF1"])
+    # Ignoring reference clutter removes the car false positives it caused.
+    assert stats.f1_per_class(confusion, "ignored")[4] > stats.f1_per_class(confusion, "counted")[4] + 15
+
+
+def run_with(confusions):
+    """A test.json with these per-tile confusions ({scenario: [K x K per tile]})."""
+    tiles = range(len(next(iter(confusions.values()))))
+    return {"per_tile": {f"area{t}": {"confusion": {s: c[t] for s, c in confusions.items()}} for t in tiles}}
+
+
+def diagonal(correct, wrong=0):
+    """A confusion with `correct` pixels right in each scored class and `wrong` cars taken for roads."""
+    c = np.diag([correct] * 5 + [0])
+    c[4, 0] = wrong
+    return c
+
+
+def test_paired_difference_over_seeds_and_tiles_by_hand():
+    statistic = stats.mf1_statistic("full")
+    a = {s: run_with({"full": [diagonal(100, w) for w in (10 + s, 30, 5)]}) for s in range(3)}
+    b = {s: run_with({"full": [diagonal(100, w) for w in (40, 30 + 2 * s, 5)]}) for s in range(4)}  # seed 3 unpaired
+    d = stats.paired_difference(a, b, statistic, resamples=300)
+    tiles = sorted(a[0]["per_tile"])
+    per_seed = [stats.mean_f1(sum(np.array(a[s]["per_tile"][t]["confusion"]["full"]) for t in tiles))
+                - stats.mean_f1(sum(np.array(b[s]["per_tile"][t]["confusion"]["full"]) for t in tiles)) for s in range(3)]
+    assert d.n == 3 and d.mean == pytest.approx(np.mean(per_seed))
+    se_seeds = np.std(per_seed, ddof=1) / math.sqrt(3)
+    assert d.half_seeds == pytest.approx(4.3027 * se_seeds, rel=1e-4)
+    # The same bootstrap by loops: the tiles drawn (with replacement) alike for every run.
+    index = np.random.default_rng(stats.BOOTSTRAP_SEED).integers(0, 3, (300, 3))
+    boot = []
+    for draw in index:
+        total = lambda runs, s: sum(np.array(runs[s]["per_tile"][tiles[i]]["confusion"]["full"]) for i in draw)
+        boot.append(np.mean([stats.mean_f1(total(a, s)) - stats.mean_f1(total(b, s)) for s in range(3)]))
+    assert d.se_tiles == pytest.approx(np.std(boot, ddof=1))
+    assert d.half_both == pytest.approx(4.3027 * math.hypot(se_seeds, np.std(boot, ddof=1)), rel=1e-4)
+
+
+def test_a_gain_on_one_tile_is_resolved_over_seeds_but_not_over_seeds_and_tiles():
+    """Every seed gains the same on tile 0 and nothing elsewhere: the seeds agree, the tiles do not."""
+    noise = lambda s: [0, 1, 2, 1, 0][s]
+    a = {s: run_with({"full": [diagonal(100, 2 + noise(s))] + [diagonal(100, 20)] * 5}) for s in range(5)}
+    b = {s: run_with({"full": [diagonal(100, 60)] + [diagonal(100, 20)] * 5}) for s in range(5)}
+    d = stats.paired_difference(a, b, stats.mf1_statistic("full"))
+    assert d.mean > d.half_seeds > 0  # the Student-t interval over seeds alone excludes 0
+    assert d.verdict == "not resolved" and d.half_both > d.mean
+    # Spread over all tiles instead, the same gain is resolved.
+    a = {s: run_with({"full": [diagonal(100, 10 + noise(s))] * 6}) for s in range(5)}
+    b = {s: run_with({"full": [diagonal(100, 20)] * 6}) for s in range(5)}
+    assert stats.paired_difference(a, b, stats.mf1_statistic("full")).verdict == "above"
+    assert stats.paired_difference(b, a, stats.mf1_statistic("full")).verdict == "below"
+    one_seed = stats.paired_difference({0: a[0]}, {0: b[0]}, stats.mf1_statistic("full"))
+    assert one_seed.half_both is None and one_seed.verdict == "not resolved"
+
+
+def fake_run(mf1_wrong, distance, clutter_as_car=0):
+    """A run whose tiles have `mf1_wrong[scenario]` cars taken for roads, the same distance for
+    every pair and Z of norm 1."""
+    def confusion(s):
+        c = diagonal(100, mf1_wrong[s])
+        c[CLUTTER, 4] = clutter_as_car
+        return c
+    tiles = {f"area{t}": {"confusion": {s: confusion(s).tolist() for s in SCENARIOS}, "windows": 4,
+                          "feature_distance": {**{f"{a}_vs_{b}": distance for a, b in evaluate.DISTANCE_PAIRS}, "z_full": 1.0}}
+             for t in range(4)}
+    total = {s: 4 * confusion(s) for s in SCENARIOS}
+    return {"per_tile": tiles, "scores": {s: evaluate.scores(total[s]) for s in SCENARIOS}}
+
+
+def outcome(results, fragment, protocol="counted"):
+    found = reproduce.comparisons(results)
+    return next(o[protocol][0] for statement, o in reproduce.claims(results, found)
+                if fragment in statement and "per-scenario" not in statement)
+
+
+def test_claims_under_both_protocols():
+    beats, shrinks, hardest = "(DIS2) beats HF", "shrinks the full-vs-missing distance", "hardest scenario for HF + CW + DLKD"
+    hf = {s: fake_run({"full": 5, "missing_rgir": 60 + s, "missing_ndsm": 30 + s}, 1.0 + 0.01 * s) for s in range(3)}
+    clear = {s: fake_run({"full": 5, "missing_rgir": 40 + s, "missing_ndsm": 20 + s}, 0.5 + 0.01 * s) for s in range(3)}
+    assert [outcome({"hf": hf, "dis2": clear}, f) for f in (beats, shrinks, hardest)] == ["holds"] * 3
+    noisy = {s: fake_run({"full": 5, "missing_rgir": 60 + 8 * (s - 1), "missing_ndsm": 30 + s}, 1.0 + 0.01 * s) for s in range(3)}
+    assert outcome({"hf": hf, "dis2": noisy}, beats) == "not resolved"
+    assert outcome({"hf": hf, "dis2": noisy}, shrinks) == "not resolved"  # identical distances
+    worse = {s: fake_run({"full": 5, "missing_rgir": 80 + s, "missing_ndsm": 30 + s}, 1.0) for s in range(3)}
+    assert outcome({"hf": hf, "dis2": worse}, beats) == "does not hold"
+    # Clutter taken for cars with the NDSM missing: worse when counted, level when ignored.
+    cluttered = {s: fake_run({"full": 5, "missing_rgir": 40 + s, "missing_ndsm": 30 + s}, 0.5, clutter_as_car=150 + s)
+                 for s in range(3)}
+    hf_clean = {s: fake_run({"full": 5, "missing_rgir": 60 + s, "missing_ndsm": 30 + s}, 1.0) for s in range(3)}
+    assert outcome({"hf": hf_clean, "dis2": cluttered}, beats, "counted") == "does not hold"
+    assert outcome({"hf": hf_clean, "dis2": cluttered}, beats, "ignored") == "not resolved"
+
+
+def test_tables_show_both_protocols_and_the_layout_comparison():
+    hf = {s: fake_run({"full": 5, "missing_rgir": 60 + s, "missing_ndsm": 30 + s}, 1.0) for s in range(3)}
+    shared = {s: fake_run({"full": 5, "missing_rgir": 40 + s, "missing_ndsm": 20 + s}, 0.5) for s in range(3)}
+    per_scenario = {s: fake_run({"full": 5, "missing_rgir": 40 + s, "missing_ndsm": 40 + 2 * s}, 0.5) for s in range(3)}
+    tables = reproduce.tables_markdown({"hf": hf, "dis2": shared, "dis2-per-scenario": per_scenario}, {}, "toy")
+    rows = [line.split(" | ") for line in tables.split("## The two DIS2 layouts")[1].split("## Table 3")[0].splitlines()
+            if line.startswith("| ") and "(n=3)" in line]
+    assert [(row[2], row[4]) for row in rows] == [("not resolved", "not resolved"), ("not resolved", "not resolved"),
+                                                  ("shared better", "shared better")]
+
+
+def test_relative_distance_ignores_a_rescaling_of_z(dataset):
+    """Batch norm's scale and shift before Z times 0.7, the classifier divided by 0.7: the
+    logits stay, the raw distances shrink by 30%, the relative ones do not move."""
+    torch.manual_seed(0)
+    model = DIS2(DIS2Config(width=4, embed_dim=16, heads=2, depth=1, pos_size=32)).eval()
+    tiles = data.load_split(dataset, "test")
+    cpu = torch.device("cpu")
+    evaluation = lambda: evaluate.evaluate_tiles(model, tiles, list(SCENARIOS), 32, 8, 2, cpu, None,
+                                                 feature_distance=True, progress=False)
+    scores, raw, per_tile = evaluation()
+    head = model.fusion_decoder("full")
+    with torch.no_grad():
+        head.decoder.merge[1].weight *= 0.7
+        head.decoder.merge[1].bias *= 0.7
+        head.classifier.weight /= 0.7
+    rescaled_scores, rescaled, rescaled_tiles = evaluation()
+    assert rescaled_scores == scores
+    run = lambda tiles_: {"per_tile": tiles_}
+    for pair in evaluate.DISTANCE_PAIRS:
+        assert rescaled[pair] == pytest.approx(0.7 * raw[pair], rel=1e-5)
+        before, after = (reproduce.whole_test_set({0: run(t)}, stats.distance_statistic(pair, True))[0]
+                         for t in (per_tile, rescaled_tiles))
+        assert after == pytest.approx(before, rel=1e-5)
