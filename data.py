@@ -14,6 +14,9 @@ found by their ISPRS names anywhere below it (`_classify` holds the rules):
              dsm_potsdam_{XX}_{YY}_normalized_lastools.jpg   NDSM (DSM fallback: dsm_potsdam_{XX}_{YY}.tif)
              top_potsdam_{X}_{Y}_label.tif            label;  ..._label_noBoundary.tif  eroded label (optional)
 
+The files themselves (codecs, band metadata and alpha, bit depths, nodata, georeferencing) are read by
+raster.py; where one has no data, the Tile holds 0 there and a validity mask (Tile.rgir_valid, ndsm_valid).
+
 Splits are mmsegmentation's ISPRS train/test tiles; a fixed validation holdout is taken out of "train".
 
 Normalisation lives in one place, `normalise`: IRRG /255, then per-channel mean/std; the NDSM is kept
@@ -32,11 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tifffile
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
+
+import raster
+# Defined in raster.py, the first to use them (DataError, the NDSM's uint8 scale); the commands take them from here
+from raster import NDSM_LEVELS_PER_METRE, DataError, metres_to_uint8
 
 # ---- Classes and palette --------------------------------------------------------------------
 
@@ -47,13 +52,6 @@ PALETTE = np.array(
 IGNORE_INDEX = 255
 DATASETS = ("vaihingen", "potsdam")
 SPLITS = ("train", "val", "test")
-
-
-class DataError(Exception):
-    """A problem with the user's input; its message is one line naming the file and what is wrong (and what to do).
-
-    Errors go to stderr (exit_on_user_error); notices and warnings (skipped tiles, the DSM fallback) to stdout.
-    """
 
 
 def exit_on_user_error(main):
@@ -74,6 +72,10 @@ class Tile:
     ndsm: np.ndarray  # (H, W) uint8 height (the ISPRS 8-bit NDSM; metre inputs at NDSM_LEVELS_PER_METRE)
     label: np.ndarray  # (H, W) uint8 class ids 0..5
     label_eroded: np.ndarray | None  # (H, W) uint8, IGNORE_INDEX on the boundary; None if the file is absent
+    # Where a file has no data (raster._validity), its pixels are 0 and these say where: (H, W) bool, False
+    # there; None where it has data everywhere, as the ISPRS tiles do. Training and evaluation ignore them.
+    rgir_valid: np.ndarray | None = None
+    ndsm_valid: np.ndarray | None = None  # after the DSM fallback, where the DSM has data
 
 
 # ---- Labels: palette colours <-> class ids --------------------------------------------------
@@ -122,7 +124,6 @@ def labels_to_rgb(labels: np.ndarray) -> np.ndarray:
 
 # ---- Finding and reading files --------------------------------------------------------------
 
-NDSM_LEVELS_PER_METRE = 10  # metre heights -> uint8: 0.1 m steps, clipped at 25.5 m (above all but a few roofs)
 _GROUND_TRUTH_FOLDER = re.compile(r"gts|ground.?truth", re.IGNORECASE)
 _NDSM_HINT = re.compile(r"ndsm|normali[sz]ed", re.IGNORECASE)
 
@@ -214,292 +215,71 @@ def detect_dataset(root) -> str:
     return _detect(*_listing(root))
 
 
-# What a file's bands are comes from the file itself, never from their count alone. TIFF ExtraSamples 1
-# (associated) or 2 (unassociated alpha) and PNG's RGBA and LA modes mark alpha bands: they say where the
-# image is valid, not what is there, so they are never read as colour or infrared. For now they are left
-# out with a notice (the nodata/validity-mask work will use them).
-_ALPHA_EXTRASAMPLES = (1, 2)
-
-
-@dataclass
-class Raster:
-    """The pixels of an image file and what the file declares about its bands."""
-
-    pixels: np.ndarray  # (H, W, S) every sample (band) of the file, alpha included; a grey image has S = 1
-    alpha: list[int]  # indices of the alpha samples
-    max_value: np.ndarray  # (S,) int64 largest value each integer sample may take (see _declared_maximum)
-    georeference: list[tuple]  # GeoTIFF tags as tifffile `extratags`; none for JPEG/PNG
-
-
-def _declared_maximum(dtype: np.dtype, samples: int, declared=None, bits=None) -> np.ndarray:
-    """(samples,) the top of each sample's range: MaxSampleValue (TIFF tag 281) where the file gives one, else
-    that of BitsPerSample (4095 for 12-bit data packed as such), else the data type's full range. Zeros for
-    float data, whose range is not declared."""
-    if not np.issubdtype(dtype, np.integer):
-        return np.zeros(samples, np.int64)
-    largest = int(np.iinfo(dtype).max)
-    if declared is None:
-        declared = largest if bits is None else min(2**bits - 1, largest)
-    return np.broadcast_to(np.asarray(declared, np.int64), (samples,)).copy()
-
-
-def _check_codec(page, path: Path):
-    """A compression tifffile cannot decode is named as such, not taken for a truncated file."""
-    try:
-        tifffile.TIFF.DECOMPRESSORS[page.compression]
-    except KeyError as error:
-        codec = getattr(page.compression, "name", str(int(page.compression)))
-        if "imagecodecs" in str(error):  # tifffile decodes all but DEFLATE and PackBits with imagecodecs
-            raise DataError(f"{path}: {codec}-compressed, and decoding {codec} needs the imagecodecs package, which "
-                            "is not installed: pip install imagecodecs (it is in requirements.txt)") from error
-        raise DataError(f"{path}: {codec}-compressed (TIFF compression {int(page.compression)}), which cannot be "
-                        "decoded here; save it with LZW, DEFLATE or ZSTD compression "
-                        "(e.g. gdal_translate -co COMPRESS=DEFLATE)") from error
-
-
-def _read_raster(path: Path) -> Raster:
-    """A TIFF (tifffile; any compression, tiled or striped, BigTIFF) or JPEG/PNG (pillow), band axis last."""
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            with tifffile.TiffFile(path) as tiff:
-                page = tiff.pages.first  # the full-resolution image; overviews and masks come after it
-                _check_codec(page, path)
-                pixels = page.asarray()
-                axes, samples, extra = page.axes, page.samplesperpixel, page.extrasamples
-                maximum = _declared_maximum(page.dtype, samples, page.tags.valueof(281), page.bitspersample)
-                georeference = _georeference(page)
-            pixels = np.moveaxis(pixels, axes.index("S"), -1) if "S" in axes else pixels[..., None]
-            alpha = [samples - len(extra) + i for i, kind in enumerate(extra) if kind in _ALPHA_EXTRASAMPLES]
-        else:
-            with Image.open(path) as image:
-                pixels, bands = np.array(image), image.getbands()  # bands: e.g. ("R", "G", "B", "A")
-            pixels = pixels if pixels.ndim == 3 else pixels[..., None]
-            alpha = [i for i, band in enumerate(bands) if band in ("A", "a")]
-            maximum, georeference = _declared_maximum(pixels.dtype, len(bands)), []
-    except (DataError, MemoryError):
-        raise
-    except Exception as error:  # tifffile, imagecodecs and pillow raise many types (ValueError, OSError, ...)
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
-        message = f"{path}: cannot be read ({reason}); the file is truncated or corrupt, unpack it again"
-        raise DataError(message) from error
-    if pixels.ndim != 3:
-        raise DataError(f"{path}: not a single 2-D image (shape {pixels.shape}); save its first image alone")
-    return Raster(pixels, alpha, maximum, georeference)
-
-
-def _band_numbers(alpha: list[int]) -> str:
-    """'band 4', 'bands 4 and 5': samples as a user counts them, from 1."""
-    return ("band " if len(alpha) == 1 else "bands ") + " and ".join(str(i + 1) for i in alpha)
-
-
-def _data_bands(raster: Raster, path: Path, alpha: list[int]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The pixels and maxima of the samples not in `alpha`, and the notice naming those left out."""
-    if not alpha:
-        return raster.pixels, raster.max_value, []
-    keep = [i for i in range(raster.pixels.shape[-1]) if i not in alpha]
-    verb = "is an alpha band" if len(alpha) == 1 else "are alpha bands"
-    notice = f"notice: {path}: {_band_numbers(alpha)} {verb}, not used"
-    return raster.pixels[..., keep], raster.max_value[keep], [notice]
-
-
-def _described(bands: int, alpha: list[int]) -> str:
-    """'4 bands', '3 bands and alpha (band 4)': what a message says a file holds."""
-    return f"{bands} band{'s' if bands != 1 else ''}" + (f" and alpha ({_band_numbers(alpha)})" if alpha else "")
-
-
 def _notify(notices: list[str]):
     for notice in notices:
         print(notice)
 
 
-# Orthophoto bands by their count (alpha bands not counted): Vaihingen's IRRG and Potsdam's RGBIR
-ORTHOPHOTO_BANDS = {3: ("ir", "r", "g"), 4: ("r", "g", "b", "ir")}
-BAND_NAMES = ("ir", "r", "g", "b")
-
-
-def band_order(text: str) -> tuple[str, ...]:
-    """--bands: an orthophoto's bands in file order, "r,g,b,ir" -> ("r", "g", "b", "ir"); IR, R and G must be there."""
-    names = tuple(name.strip().lower() for name in text.split(","))
-    if any(name not in BAND_NAMES for name in names) or len(set(names)) != len(names):
-        raise DataError(f"--bands {text}: name each band of the file once, in order, as ir, r, g or b "
-                        "(e.g. --bands r,g,b,ir)")
-    if "ir" not in names:
-        raise DataError(f"--bands {text}: the model needs the infrared band (it was trained on IR, R, G); "
-                        "for imagery without one leave out --rgir and predict from the NDSM alone")
-    if "r" not in names or "g" not in names:
-        raise DataError(f"--bands {text}: the model needs the red and green bands besides infrared (IR, R, G)")
-    return names
-
-
-def _to_uint8(bands: np.ndarray, maximum: np.ndarray, path: Path) -> np.ndarray:
-    """(H, W, B) integer bands -> uint8 on the 0-255 the model was trained on: value * 255 / maximum, rounded to
-    the nearest integer (halves up) and clipped to 0-255. Integer arithmetic makes it exact: a uint16 file that
-    is 257 times an 8-bit one (65535 = 257 * 255) gives back the 8-bit values."""
-    if bands.dtype == np.uint8 and (maximum == 255).all():
-        return bands
-    if (maximum < 1).any():
-        raise DataError(f"{path}: declares a maximum value of {int(maximum.min())}; set the range with --max-value")
-    wide = np.int32 if bands.dtype.itemsize <= 2 else np.int64  # room for value * 255
-    scaled = np.empty(bands.shape, np.uint8)
-    for i, top in enumerate(maximum.tolist()):  # band by band: the wide copy is one band's, not the image's
-        band = bands[..., i].astype(wide)
-        np.maximum(band, 0, out=band)  # negative values of signed data lie below the range
-        band *= 255
-        band += top // 2
-        band //= top
-        scaled[..., i] = np.minimum(band, 255)
-    return scaled
-
-
-def _irrg(raster: Raster, path: Path, order=None, max_value=None) -> tuple[np.ndarray, list[str]]:
-    """(H, W, 3) uint8 IR, R, G from an orthophoto, and the notices of reading it.
-
-    order: the names of the file's bands in order (--bands, or what an ISPRS file name says); by default
-    ORTHOPHOTO_BANDS of the count of bands that are not alpha. An order that names every band of the file,
-    alpha included, is taken over the alpha tags (writers, tifffile among them, tag a 4th band as alpha
-    by default, IR included). max_value: the value that becomes 255 (--max-value); by default each band's
-    declared maximum (_declared_maximum)."""
-    named_every_band = order is not None and len(order) == raster.pixels.shape[-1]
-    alpha = [] if named_every_band else raster.alpha
-    pixels, maximum, notices = _data_bands(raster, path, alpha)
-    count = pixels.shape[-1]
-    names = order or ORTHOPHOTO_BANDS.get(count)
-    if names is None:
-        raise DataError(f"{path}: expected a 3-band or 4-band orthophoto (IR, R, G or R, G, B, IR), found "
-                        f"{_described(count, alpha)}; for other bands name their order with --bands "
-                        "(e.g. --bands r,g,b,ir)")
-    if len(names) != count:
-        raise DataError(f"{path}: expected a {len(names)}-band image ({', '.join(names).upper()}), "
-                        f"found {_described(count, alpha)}")
-    if not np.issubdtype(pixels.dtype, np.integer):
-        raise DataError(f"{path}: {pixels.dtype} bands; orthophotos are read as integers of any depth "
-                        "(8-bit, 16-bit, ...): save it as 8- or 16-bit integers")
-    picks = [names.index(band) for band in ("ir", "r", "g")]
-    maximum = maximum[picks] if max_value is None else np.full(3, max_value, np.int64)
-    irrg = pixels if picks == [0, 1, 2] and count == 3 else pixels[..., picks]
-    return _to_uint8(irrg, maximum, path), notices
-
-
-def _read_rgir(path: Path, rgbir: bool) -> np.ndarray:
+def _read_rgir(path: Path, rgbir: bool) -> raster.Layer:
     """An ISPRS orthophoto, whose bands its name gives: IRRG (IR, R, G) or RGBIR (R, G, B, IR)."""
-    rgir, notices = _irrg(_read_raster(path), path, ORTHOPHOTO_BANDS[4 if rgbir else 3])
+    layer = raster.read_orthophoto(path, raster.ORTHOPHOTO_BANDS[4 if rgbir else 3])
+    _notify(layer.notices)
+    return layer
+
+
+def _read_ndsm(path: Path) -> raster.Layer:
+    layer = raster.read_height_model(path)
+    _notify(layer.notices)
+    return layer
+
+
+def _read_dsm(path: Path) -> raster.Layer:
+    """The NDSM derived from a DSM (_ndsm_from_dsm); invalid, and 0, where the DSM has no data."""
+    dsm, notices = raster.read_surface_model(path)
     _notify(notices)
-    return rgir
-
-
-def metres_to_uint8(metres: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(metres * NDSM_LEVELS_PER_METRE), 0, 255).astype(np.uint8)
-
-
-def _ndsm(raster: Raster, path: Path, metres_per_unit=None) -> tuple[np.ndarray, list[str]]:
-    """(H, W) uint8 NDSM and the notices of reading it. With metres_per_unit (--ndsm-unit) the values times it
-    are metres; without, a uint8 file is taken as it is (the ISPRS NDSMs), a float one as metres, and another
-    integer one is refused: its unit (centimetres? millimetres?) is not known."""
-    pixels, _, notices = _data_bands(raster, path, raster.alpha)
-    if pixels.shape[-1] == 3 and (pixels == pixels[..., :1]).all():
-        pixels = pixels[..., :1]  # a grey image saved as RGB
-    dtype = pixels.dtype
-    if pixels.shape[-1] != 1 or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
-        raise DataError(f"{path}: expected a 1-band integer or float NDSM, got "
-                        f"{_described(pixels.shape[-1], raster.alpha)} of {dtype}")
-    heights = pixels[..., 0]
-    if metres_per_unit is not None:
-        return metres_to_uint8(np.nan_to_num(heights.astype(np.float32) * np.float32(metres_per_unit))), notices
-    if dtype == np.uint8:
-        return heights, notices
-    if np.issubdtype(dtype, np.floating):
-        return metres_to_uint8(np.nan_to_num(heights)), notices
-    raise DataError(f"{path}: a {dtype} NDSM, whose unit is unknown; give metres per unit with predict.py "
-                    "--ndsm-unit (e.g. 0.01 for centimetres), or save it as float metres")
-
-
-def _read_ndsm(path: Path) -> np.ndarray:
-    ndsm, notices = _ndsm(_read_raster(path), path)
-    _notify(notices)
-    return ndsm
-
-
-# GeoTIFF georeferencing: ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory and its
-# double and ASCII parameters. Copied unchanged onto a prediction, they make it overlay its input in a GIS.
-GEOTIFF_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
-
-
-def _georeference(page) -> list[tuple]:
-    """The GeoTIFF tags of a TIFF page, as tifffile `extratags`."""
-    return [(tag.code, tag.dtype, tag.count, tag.value, True) for tag in page.tags if tag.code in GEOTIFF_TAGS]
-
-
-# The ground size of the training data's pixels, in metres; the model's sense of how large a car or a
-# building is holds only near it.
-PIXEL_SIZE = {"vaihingen": 0.09, "potsdam": 0.05}
-# ProjLinearUnitsGeoKey (3076) values: EPSG's metre, foot and US survey foot, in metres
-_METRES_PER_UNIT = {9001: 1.0, 9002: 0.3048, 9003: 1200 / 3937}
-
-
-def pixel_size(georeference: list[tuple]) -> float | None:
-    """The ground size of a pixel in metres from GeoTIFF tags: ModelPixelScale's x (tag 33550), in the linear
-    unit of the GeoKeys (metres unless ProjLinearUnitsGeoKey says feet). None where the tags give no scale,
-    or give it in degrees (GTModelTypeGeoKey 2, geographic) or in another unit."""
-    values = {code: value for code, _, _, value, _ in georeference}
-    if 33550 not in values:
-        return None
-    entries = values.get(34735, ())[4:]  # after the header, (key, location, count, value) per GeoKey
-    keys = {entries[i]: entries[i + 3] for i in range(0, len(entries) - 3, 4) if entries[i + 1] == 0}
-    if keys.get(1024) == 2:  # GTModelTypeGeoKey: geographic, the scale is in degrees
-        return None
-    size = values[33550][0] * _METRES_PER_UNIT.get(keys.get(3076, 9001), 0.0)  # 0: a unit not known here
-    return size if size > 0 else None
-
-
-def read_orthophoto(path, bands=None, max_value=None) -> tuple[np.ndarray, list[tuple], list[str]]:
-    """A new area's orthophoto for prediction: (H, W, 3) uint8 IR, R, G (see _irrg: `bands` is --bands,
-    `max_value` --max-value), its GeoTIFF tags, and the notices of reading it."""
-    path = Path(path)
-    raster = _read_raster(path)
-    rgir, notices = _irrg(raster, path, bands, max_value)
-    return rgir, raster.georeference, notices
-
-
-def read_height_model(path, metres_per_unit=None) -> tuple[np.ndarray, list[tuple], list[str]]:
-    """A new area's NDSM for prediction: (H, W) uint8 as _ndsm makes it (`metres_per_unit` is --ndsm-unit),
-    its GeoTIFF tags, and the notices of reading it."""
-    path = Path(path)
-    raster = _read_raster(path)
-    ndsm, notices = _ndsm(raster, path, metres_per_unit)
-    return ndsm, raster.georeference, notices
-
-
-def _read_dsm(path: Path) -> np.ndarray:
-    raster = _read_raster(path)
-    pixels, _, notices = _data_bands(raster, path, raster.alpha)
-    _notify(notices)
-    if pixels.shape[-1] != 1 or not np.issubdtype(pixels.dtype, np.floating):
-        raise DataError(f"{path}: expected a 1-band float DSM in metres, got "
-                        f"{_described(pixels.shape[-1], raster.alpha)} of {pixels.dtype}")
-    return metres_to_uint8(_ndsm_from_dsm(np.nan_to_num(pixels[..., 0].astype(np.float32))))
+    heights = _ndsm_from_dsm(dsm)
+    valid = ~np.isnan(heights)
+    return raster.Layer(metres_to_uint8(np.where(valid, heights, 0)), None if valid.all() else valid, [], notices)
 
 
 # The DSM fallback estimates the ground from a grid of low percentiles of GROUND_BLOCK-pixel blocks:
 # a grey opening (min then max filter) of GROUND_OPENING blocks removes anything narrower, such as
 # buildings and trees, but keeps planar slopes away from the tile edges; the grid is then smoothed
 # (3 x 3 mean) and upsampled bilinearly. Wider roofs, curved terrain and slopes at the edges make it
-# wrong, hence the warning.
+# wrong, hence the warning. Pixels without data (NaN) take no part: a block's percentile is that of its
+# heights, and a block with none takes the lowest ground around it before the opening.
 GROUND_BLOCK = 32
 GROUND_PERCENTILE = 5
 GROUND_OPENING = 7  # blocks: 224 px, about 20 m at Vaihingen's 9 cm and 11 m at Potsdam's 5 cm
 
 
 def _ndsm_from_dsm(dsm: np.ndarray) -> np.ndarray:
-    """Height above an estimated ground, in metres, from a (H, W) float DSM in metres."""
+    """Height above an estimated ground, in metres, from a (H, W) float DSM in metres; NaN where it is NaN."""
     height, width = dsm.shape
+    if np.isnan(dsm).all():
+        return dsm.copy()
     padded = np.pad(dsm, ((0, -height % GROUND_BLOCK), (0, -width % GROUND_BLOCK)), mode="edge")
     rows, cols = padded.shape[0] // GROUND_BLOCK, padded.shape[1] // GROUND_BLOCK
     blocks = padded.reshape(rows, GROUND_BLOCK, cols, GROUND_BLOCK).transpose(0, 2, 1, 3).reshape(rows, cols, -1)
-    ground = np.percentile(blocks, GROUND_PERCENTILE, axis=-1)
+    ground = _low_percentile(blocks)
+    while np.isnan(ground).any():  # blocks without data: the lowest ground next to them, spreading inwards
+        ground = np.where(np.isnan(ground), _neighbourhood(ground, np.fmin.reduce, 3), ground)
     ground = _neighbourhood(_neighbourhood(ground, np.min, GROUND_OPENING), np.max, GROUND_OPENING)
     ground = _neighbourhood(ground, np.mean, 3)
     ground = F.interpolate(torch.from_numpy(ground.astype(np.float32))[None, None], size=padded.shape, mode="bilinear")
     return np.clip(dsm - ground[0, 0, :height, :width].numpy(), 0, None)
+
+
+def _low_percentile(blocks: np.ndarray) -> np.ndarray:
+    """(rows, cols) the GROUND_PERCENTILE-th percentile of the heights of each block that are not NaN, linear
+    between the nearest ranks as np.percentile's; NaN for a block without any."""
+    ordered = np.sort(blocks, axis=-1)  # NaN (no data) sorts last
+    top = np.maximum(np.count_nonzero(~np.isnan(blocks), axis=-1) - 1, 0)  # rank of the highest height
+    rank = top * (GROUND_PERCENTILE / 100)
+    below = np.floor(rank).astype(np.intp)
+    low = np.take_along_axis(ordered, below[..., None], -1)[..., 0]
+    high = np.take_along_axis(ordered, np.minimum(below + 1, top)[..., None], -1)[..., 0]
+    return low + (high - low) * (rank - below)
 
 
 def _neighbourhood(grid: np.ndarray, reduce, size: int) -> np.ndarray:
@@ -511,10 +291,9 @@ def _neighbourhood(grid: np.ndarray, reduce, size: int) -> np.ndarray:
 
 
 def _read_label(path: Path) -> np.ndarray:
-    raster = _read_raster(path)
-    pixels, _, notices = _data_bands(raster, path, raster.alpha)
+    colours, notices = raster.read_bands(path)
     _notify(notices)
-    return rgb_to_labels(pixels, path)
+    return rgb_to_labels(colours, path)
 
 
 def _read_tile(root: Path, index: dict, dataset: str, name: str) -> tuple[Tile, bool]:
@@ -540,13 +319,19 @@ def _read_tile(root: Path, index: dict, dataset: str, name: str) -> tuple[Tile, 
     eroded_path = root / index["eroded"][name] if name in index["eroded"] else None
     label = _read_label(label_path)
     eroded = _read_label(eroded_path) if eroded_path else None
-    for array, path in ((ndsm, ndsm_path), (label, label_path), (eroded, eroded_path)):
-        if array is not None and array.shape[:2] != rgir.shape[:2]:
+    height, width = rgir.pixels.shape[:2]
+    for array, path in ((ndsm.pixels, ndsm_path), (label, label_path), (eroded, eroded_path)):
+        if array is not None and array.shape[:2] != (height, width):
             raise DataError(
                 f"{path}: size {array.shape[0]} x {array.shape[1]} differs from {image} "
-                f"({rgir.shape[0]} x {rgir.shape[1]}); all files of a tile must have the same size"
+                f"({height} x {width}); all files of a tile must have the same size"
             )
-    return Tile(name, rgir, ndsm, label, eroded), from_dsm
+    without_data = [f"{100 * (1 - layer.valid.mean()):.1f}% of the {modality}"
+                    for modality, layer in (("orthophoto", rgir), ("NDSM", ndsm)) if layer.valid is not None]
+    if without_data:
+        print(f"notice: {name}: {' and '.join(without_data)} without data, stored as 0 "
+              "(Tile.rgir_valid and Tile.ndsm_valid say where)")
+    return Tile(name, rgir.pixels, ndsm.pixels, label, eroded, rgir.valid, ndsm.valid), from_dsm
 
 
 # ---- Splits ---------------------------------------------------------------------------------

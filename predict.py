@@ -10,6 +10,11 @@ them; the outputs are GeoTIFFs georeferenced as the inputs (docs/predict.md).
 Windows, batches and the averaging of overlapping windows are evaluate.py's, so
 a tile gets the labels evaluate.py scores; the image is written in strips of
 rows as they are done, so memory does not grow with the image.
+
+Missing where missing: where a file has no data (NaN, its nodata value, alpha 0,
+its mask; raster.py reads them), each pixel is labelled in the scenario its
+data allows: full where both modalities have data, missing NDSM or missing
+RGIR where one has, none (label 255) where neither has.
 """
 
 import argparse
@@ -20,11 +25,13 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import raster
 from data import DataError
-from dis2 import upsample
+from dis2 import SCENARIOS, upsample
 from runtime import (
     AMP_HELP,
     CHANNELS_LAST_HELP,
@@ -45,17 +52,57 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 STRIP_ROWS = 64  # rows per TIFF strip of the outputs, so that a GIS reads part of a large map without all of it
 
 
-def window_outputs(model, rgir, ndsm, batch, window, device, amp_dtype, attention, memory_format):
+# Per pixel, the scenario its data allows (--scenario-map writes it): the codes of dis2.SCENARIOS in order,
+# full 0, missing RGIR 1, missing NDSM 2, and NO_SCENARIO where neither modality has data. There the label
+# is NODATA_LABEL: no class (black in the palette, as data.IGNORE_INDEX), declared as the GeoTIFF's nodata.
+SCENARIO_CODES = {scenario: code for code, scenario in enumerate(SCENARIOS)}
+NO_SCENARIO = NODATA_LABEL = 255
+
+
+def scenario_map(rgir_valid, ndsm_valid) -> np.ndarray:
+    """(H, W) uint8 the scenario each pixel's data allows, from where each modality has data: (H, W) bool,
+    all False for a modality not given."""
+    codes = np.full(rgir_valid.shape, NO_SCENARIO, np.uint8)
+    codes[ndsm_valid] = SCENARIO_CODES["missing_rgir"]
+    codes[rgir_valid] = SCENARIO_CODES["missing_ndsm"]
+    codes[rgir_valid & ndsm_valid] = SCENARIO_CODES["full"]
+    return codes
+
+
+def filled(x, valid):
+    """(B, C, h, w) normalised windows whose pixels without data (`valid`, (B, h, w) bool numpy, False) take
+    values from the pixels with data around them, by pull-push: averages of the pixels with data over 2 x 2,
+    4 x 4, ... blocks until every block has some, then, from the coarsest blocks back, each pixel or block
+    without data takes the bilinear upsampling of the blocks above it. A small hole gets the values at its
+    rim, a large one tends to the window's mean, and no step is made where the data ends (docs/predict.md).
+    `valid` None: x as it is."""
+    if valid is None or valid.all():
+        return x
+    weight = torch.from_numpy(valid).to(x.device, x.dtype)[:, None]  # (B, 1, h, w): share of pixels with data
+    levels = []
+    while (weight == 0).any() and min(x.shape[-2:]) > 1:
+        levels.append((x, weight > 0))
+        x, weight = F.avg_pool2d(x * weight, 2, ceil_mode=True), F.avg_pool2d(weight, 2, ceil_mode=True)
+        x = x / weight.clamp_min(1e-12)  # the mean of the pixels with data in each block
+    for finer, has_data in reversed(levels):
+        x = torch.where(has_data, finer, F.interpolate(x, size=finer.shape[-2:], mode="bilinear"))
+    return x
+
+
+def window_outputs(model, rgir, ndsm, batch, window, device, amp_dtype, attention, memory_format,
+                   rgir_valid=None, ndsm_valid=None):
     """(B, K, window, window) softmax probabilities of the windows at `batch` (top-left corners)
-    from the modalities given (None: missing). With `attention`, K more channels: alpha_k of
-    Eq. 9 upsampled and scaled by h*w, so that 1 means uniform attention at any window size."""
+    from the modalities given (None: missing), their pixels without data (`*_valid` False) filled.
+    With `attention`, K more channels: alpha_k of Eq. 9 upsampled and scaled by h*w, so that 1
+    means uniform attention at any window size."""
     cut = lambda image: None if image is None else np.stack([image[y : y + window, x : x + window] for y, x in batch])
     r, n = cut(rgir), cut(ndsm)
     # data.normalise takes both modalities: a missing one goes in as zeros and is dropped again
     normalised = data.normalise(np.zeros((*n.shape, 3), np.uint8) if r is None else r,
                                 np.zeros(r.shape[:-1], np.uint8) if n is None else n)
-    r, n = (None if x is None else t.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            for x, t in zip((r, n), normalised))
+    r, n = (None if x is None else filled(t.to(device, non_blocking=True), cut(valid))
+            for x, t, valid in zip((r, n), normalised, (rgir_valid, ndsm_valid)))
+    r, n = (None if x is None else x.contiguous(memory_format=memory_format) for x in (r, n))
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         out = model(r, n)  # model(rgir, None), model(None, ndsm): the missing-modality scenarios
     probabilities = out.logits.float().softmax(dim=1)
@@ -63,6 +110,27 @@ def window_outputs(model, rgir, ndsm, batch, window, device, amp_dtype, attentio
         return probabilities
     alpha = out.attention.float()  # (B, K, window/16, window/16)
     return torch.cat([probabilities, alpha.shape[-2] * alpha.shape[-1] * upsample(alpha, (window, window))], dim=1)
+
+
+def composed_outputs(model, rgir, ndsm, rgir_valid, ndsm_valid, codes, batch, window, device, amp_dtype, attention,
+                     memory_format):
+    """window_outputs of the windows at `batch`, each pixel's from the scenario its data allows (`codes`, the
+    scenario_map): every scenario runs on the windows that have pixels of it, so a window inside one kind
+    of region runs that scenario alone, and a pixel keeps its own scenario's values; 0 where none."""
+    window_codes = torch.from_numpy(np.stack([codes[y : y + window, x : x + window] for y, x in batch])).to(device)
+    channels = model.config.num_classes * (1 + attention)
+    composed = torch.zeros(len(batch), channels, window, window, device=device)
+    for scenario, code in SCENARIO_CODES.items():
+        inside = window_codes == code  # (B, window, window)
+        chosen = inside.flatten(1).any(1).nonzero()[:, 0]
+        if len(chosen) == 0:
+            continue
+        missing = SCENARIOS[scenario]
+        outputs = window_outputs(model, None if missing == "rgir" else rgir, None if missing == "ndsm" else ndsm,
+                                 [batch[i] for i in chosen.tolist()], window, device, amp_dtype, attention,
+                                 memory_format, rgir_valid, ndsm_valid)
+        composed[chosen] += outputs * inside[chosen, None]
+    return composed
 
 
 def coverage(starts, size, window, device):
@@ -75,17 +143,24 @@ def coverage(starts, size, window, device):
 
 @torch.inference_mode()
 def predict_strips(model, rgir, ndsm, window, overlap, batch_size, device, amp_dtype,
-                   probabilities=False, attention=False, channels_last=None):
+                   probabilities=False, attention=False, channels_last=None, rgir_valid=None, ndsm_valid=None):
     """Predicts one image from rgir (H, W, 3) and/or ndsm (H, W) uint8 (None: that modality is
-    missing) and yields it top to bottom in strips of rows: dicts with "labels", (h, W) uint8
-    class ids, and if asked "probabilities" and "attention", (h, W, K) float32 means over the
-    windows covering each pixel. Windows, batches and summation are predict_tile's, so the
-    labels are the same; but only the rows that windows still to come overlap are held
-    (K x about window + batch rows x W floats), never K x H x W. `channels_last`: as predict_tile's."""
+    missing), where `rgir_valid` and `ndsm_valid` ((H, W) bool; None: everywhere) say they have
+    data, and yields it top to bottom in strips of rows: dicts with "labels", (h, W) uint8 class
+    ids in the scenario each pixel's data allows (NODATA_LABEL where neither modality has data),
+    "scenario", (h, W) uint8 that scenario's code (SCENARIO_CODES, NO_SCENARIO), and if asked
+    "probabilities" and "attention", (h, W, K) float32 means over the windows covering each
+    pixel (0 where no scenario). Windows, batches and summation are predict_tile's, so with data
+    everywhere the labels are the same; but only the rows that windows still to come overlap are
+    held (K x about window + batch rows x W floats), never K x H x W. `channels_last`: as predict_tile's."""
     H, W = (rgir if rgir is not None else ndsm).shape[:2]
     memory_format = torch.channels_last if use_channels_last(device, channels_last) else torch.contiguous_format
-    rgir, ndsm = (None if x is None else data.pad_to_window(x, window) for x in (rgir, ndsm))
-    padded_h, padded_w = (rgir if rgir is not None else ndsm).shape[:2]
+    has_data = lambda image, valid: valid if image is not None and valid is not None else np.broadcast_to(
+        image is not None, (H, W))
+    codes = scenario_map(has_data(rgir, rgir_valid), has_data(ndsm, ndsm_valid))
+    rgir, ndsm, rgir_valid, ndsm_valid, codes = (None if x is None else data.pad_to_window(x, window)
+                                                 for x in (rgir, ndsm, rgir_valid, ndsm_valid, codes))
+    padded_h, padded_w = codes.shape
     starts = data.sliding_windows(padded_h, padded_w, window, overlap)
     K = model.config.num_classes
     ys, xs = zip(*starts)
@@ -96,13 +171,17 @@ def predict_strips(model, rgir, ndsm, window, overlap, batch_size, device, amp_d
         new_rows = batch[-1][0] + window - top - held.shape[1]
         if new_rows > 0:
             held = torch.cat([held, held.new_zeros(held.shape[0], new_rows, padded_w)], dim=1)
-        values = window_outputs(model, rgir, ndsm, batch, window, device, amp_dtype, attention, memory_format)
+        values = composed_outputs(model, rgir, ndsm, rgir_valid, ndsm_valid, codes, batch, window, device,
+                                  amp_dtype, attention, memory_format)
         for (y, x), window_values in zip(batch, values):
             held[:, y - top : y - top + window, x : x + window] += window_values
         done = starts[i + batch_size][0] if i + batch_size < len(starts) else padded_h  # no later window reaches above
         if done > top:
             sums = held[:, : min(done, H) - top, :W]
-            strip = {"labels": sums[:K].argmax(0).to(torch.uint8).cpu().numpy()}
+            scenario = codes[top : top + sums.shape[1], :W]
+            labels = sums[:K].argmax(0).to(torch.uint8).cpu().numpy()
+            labels[scenario == NO_SCENARIO] = NODATA_LABEL
+            strip = {"labels": labels, "scenario": scenario}
             if probabilities or attention:
                 means = (sums / (count_y[top : top + sums.shape[1], None] * count_x[:W])).movedim(0, -1).cpu().numpy()
                 if probabilities:
@@ -159,18 +238,30 @@ def prediction_pairs(rgir, ndsm):
 
 
 def read_pair(rgir_path, ndsm_path, args, trained_on=None):
-    """The checked pixels of one pair (None for a missing modality), read as --bands, --max-value
-    and --ndsm-unit say; the GeoTIFF tags of its prediction: the orthophoto's, or the NDSM's if
-    the orthophoto has none; and the notices of reading it (alpha bands left out, and, given the
-    checkpoint's dataset `trained_on`, pixel sizes far from those the model learnt)."""
-    rgir, rgir_tags, notices = (data.read_orthophoto(rgir_path, args.bands, args.max_value) if rgir_path
-                                else (None, [], []))
-    ndsm, ndsm_tags, ndsm_notices = data.read_height_model(ndsm_path, args.ndsm_unit) if ndsm_path else (None, [], [])
-    if rgir is not None and ndsm is not None and ndsm.shape != rgir.shape[:2]:
-        raise DataError(f"{ndsm_path}: size {ndsm.shape[0]} x {ndsm.shape[1]} differs from {rgir_path} "
-                        f"({rgir.shape[0]} x {rgir.shape[1]}); the orthophoto and the NDSM must cover the same pixels")
-    tags, tagged = (rgir_tags, rgir_path) if rgir_tags else (ndsm_tags, ndsm_path)
-    return rgir, ndsm, tags, notices + ndsm_notices + pixel_size_notice(tagged, tags, trained_on)
+    """The checked modalities of one pair as raster.Layer, pixels and where they have data (None for
+    a missing modality), read as --bands, --max-value, --ndsm-unit and the nodata flags say; the
+    GeoTIFF tags of its prediction: the orthophoto's, or the NDSM's if the orthophoto has none; and
+    the notices of reading it (alpha bands, a modality without any data, which is then missing,
+    and, given the checkpoint's dataset `trained_on`, pixel sizes far from those the model learnt)."""
+    rgir = raster.read_orthophoto(rgir_path, args.bands, args.max_value, args.rgir_nodata) if rgir_path else None
+    ndsm = raster.read_height_model(ndsm_path, args.ndsm_unit, args.ndsm_nodata) if ndsm_path else None
+    if rgir is not None and ndsm is not None and ndsm.pixels.shape != rgir.pixels.shape[:2]:
+        (height, width), (rgir_height, rgir_width) = ndsm.pixels.shape, rgir.pixels.shape[:2]
+        raise DataError(f"{ndsm_path}: size {height} x {width} differs from {rgir_path} ({rgir_height} x "
+                        f"{rgir_width}); the orthophoto and the NDSM must cover the same pixels")
+    given = {name: (path, layer) for name, path, layer in (("orthophoto", rgir_path, rgir), ("NDSM", ndsm_path, ndsm))
+             if layer is not None}
+    empty = [name for name, (_, layer) in given.items() if layer.valid is not None and not layer.valid.any()]
+    if len(empty) == len(given):
+        raise DataError(f"{' and '.join(str(given[name][0]) for name in empty)}: no pixel has data (all nodata, "
+                        "masked or NaN); there is nothing to predict from")
+    notices = [notice for _, layer in given.values() for notice in layer.notices]
+    notices += [f"notice: {given[name][0]}: no pixel has data (all nodata, masked or NaN); predicted as if the "
+                f"{name} were missing" for name in empty]
+    tagged, tags = next(((path, layer.georeference) for path, layer in given.values() if layer.georeference),
+                        (None, []))  # the orthophoto's first
+    rgir, ndsm = (None if name in empty else layer for name, layer in (("orthophoto", rgir), ("NDSM", ndsm)))
+    return rgir, ndsm, tags, notices + pixel_size_notice(tagged, tags, trained_on)
 
 
 SCALE_TOLERANCE = 1.5  # pixels this much larger or smaller than in training show objects at sizes never seen
@@ -180,7 +271,7 @@ def pixel_size_notice(path, tags, trained_on):
     """[a notice] when the GeoTIFF tags give a pixel size more than SCALE_TOLERANCE times off that of the
     dataset the model was trained on (9 cm Vaihingen, 5 cm Potsdam), else []: the model's priors of how
     large cars, trees and buildings are no longer hold."""
-    size, trained = data.pixel_size(tags), data.PIXEL_SIZE.get(trained_on)
+    size, trained = raster.pixel_size(tags), raster.PIXEL_SIZE.get(trained_on)
     if size is None or trained is None or 1 / SCALE_TOLERANCE <= size / trained <= SCALE_TOLERANCE:
         return []
     return [f"notice: {path}: pixels of {100 * size:.3g} cm, the model was trained on {100 * trained:.0f} cm "
@@ -193,10 +284,11 @@ class StripWriter:
     straight to its place in the file. It is written under a temporary name in the output
     folder and renamed when complete (`commit`), so a failed run leaves no partial file."""
 
-    def __init__(self, path, shape, dtype, photometric, tags):
+    def __init__(self, path, shape, dtype, photometric, tags, colormap=None):
         self.path, self.temporary = path, path.with_name(f".{path.name}.partial")
-        tifffile.imwrite(self.temporary, shape=shape, dtype=dtype, photometric=photometric, planarconfig="contig",
-                         rowsperstrip=STRIP_ROWS, extratags=tags, metadata=None)  # the header, room for the pixels
+        tifffile.imwrite(self.temporary, shape=shape, dtype=dtype, photometric=photometric, colormap=colormap,
+                         planarconfig="contig", rowsperstrip=STRIP_ROWS, extratags=tags,
+                         metadata=None)  # the header, room for the pixels
         with tifffile.TiffFile(self.temporary) as tiff:
             offset = tiff.pages.first.dataoffsets[0]
         self.file = open(self.temporary, "r+b")
@@ -214,6 +306,12 @@ class StripWriter:
         self.temporary.unlink(missing_ok=True)
 
 
+# The label GeoTIFF is a palette image: its values are class ids, and its colour table (TIFF ColorMap,
+# 16 bits a channel) gives them the ISPRS colours, black to the rest, NODATA_LABEL among them.
+LABEL_COLOURS = data.labels_to_rgb(np.arange(256)).T.astype(np.uint16) * 257  # (3, 256)
+NODATA_TAG = (raster.GDAL_NODATA, "s", 0, str(NODATA_LABEL), True)  # declares NODATA_LABEL to GDAL and QGIS
+
+
 def stored(key, values, colour):
     """A strip's values as written: class ids or palette colours; probabilities as uint8 0-255."""
     if key == "labels":
@@ -222,21 +320,30 @@ def stored(key, values, colour):
 
 
 def predict_file(model, rgir_path, ndsm_path, out_dir, args, window, overlap, device, amp_dtype):
-    """OUT/<name>_labels.tif, and _probabilities.tif and _attention.tif if asked, for one input pair."""
+    """OUT/<name>_labels.tif, and _probabilities.tif, _attention.tif and _scenario.tif if asked,
+    for one input pair."""
     rgir, ndsm, tags, _ = read_pair(rgir_path, ndsm_path, args)  # its notices were given when it was checked
-    H, W = (rgir if rgir is not None else ndsm).shape[:2]
+    H, W = (rgir or ndsm).pixels.shape[:2]
     name, K = (rgir_path or ndsm_path).stem, model.config.num_classes
-    formats = {"labels": ((H, W, 3), np.uint8, "rgb") if args.colour else ((H, W), np.uint8, "minisblack")}
+    # key: (shape, dtype, photometric, extra tags, colour table); --colour's RGB declares no nodata, as
+    # GDAL would take 0 in any band for it: the red of a blue building
+    formats = {"labels": ((H, W, 3), np.uint8, "rgb", [], None) if args.colour
+               else ((H, W), np.uint8, "palette", [NODATA_TAG], LABEL_COLOURS)}
     if args.probabilities:
-        formats["probabilities"] = ((H, W, K), np.uint8, "minisblack")
+        formats["probabilities"] = ((H, W, K), np.uint8, "minisblack", [], None)
     if args.attention:
-        formats["attention"] = ((H, W, K), np.float32, "minisblack")
+        formats["attention"] = ((H, W, K), np.float32, "minisblack", [], None)
+    if args.scenario_map:
+        formats["scenario"] = ((H, W), np.uint8, "minisblack", [NODATA_TAG], None)
     writers = {}
     try:
-        for key, (shape, dtype, photometric) in formats.items():
-            writers[key] = StripWriter(out_dir / f"{name}_{key}.tif", shape, dtype, photometric, tags)
+        for key, (shape, dtype, photometric, extra_tags, colours) in formats.items():
+            writers[key] = StripWriter(out_dir / f"{name}_{key}.tif", shape, dtype, photometric, tags + extra_tags,
+                                       colours)
+        (rgir, rgir_valid), (ndsm, ndsm_valid) = ((None, None) if layer is None else (layer.pixels, layer.valid)
+                                                  for layer in (rgir, ndsm))
         for strip in predict_strips(model, rgir, ndsm, window, overlap, args.batch_size, device, amp_dtype,
-                                    args.probabilities, args.attention, args.channels_last):
+                                    args.probabilities, args.attention, args.channels_last, rgir_valid, ndsm_valid):
             for key, writer in writers.items():
                 writer.write(stored(key, strip[key], args.colour))
         for writer in writers.values():
@@ -288,7 +395,7 @@ def parse_args(argv=None):
                    "them; leave out if missing")
     p.add_argument("--ndsm", metavar="PATH", help="NDSM: 8-bit as the ISPRS ones, float metres, or integers in "
                    "--ndsm-unit; or a folder of them named as the orthophotos; leave out if missing")
-    p.add_argument("--bands", type=data.band_order, metavar="ORDER",
+    p.add_argument("--bands", type=raster.band_order, metavar="ORDER",
                    help="the orthophoto's bands in file order, named ir, r, g and optionally b, e.g. g,r,ir or "
                         "b,g,r,ir (default: by their count, as --rgir says); naming every band, alpha included, "
                         "reads a band tagged as alpha as data")
@@ -298,6 +405,12 @@ def parse_args(argv=None):
     p.add_argument("--ndsm-unit", type=positive_float, metavar="METRES",
                    help="metres per NDSM value, e.g. 0.01 for centimetres; needed for integer NDSMs other than "
                         "8-bit (default: 8-bit as the ISPRS NDSMs, float as metres)")
+    p.add_argument("--rgir-nodata", type=float, metavar="VALUE",
+                   help="the orthophoto value of pixels without data where every band holds it, e.g. 0 for a "
+                        "black collar (default: the file's GDAL_NODATA tag; alpha 0, a mask and NaN count too)")
+    p.add_argument("--ndsm-nodata", type=float, metavar="VALUE",
+                   help="the NDSM value of pixels without data, e.g. -9999 (default: the file's GDAL_NODATA tag; "
+                        "alpha 0, a mask and NaN count too)")
     p.add_argument("--checkpoint", help="checkpoint file (default: best.pt of the most recent run under runs/)")
     p.add_argument("--colour", action="store_true", help="labels in the ISPRS palette colours instead of class ids")
     p.add_argument("--probabilities", action="store_true",
@@ -305,6 +418,9 @@ def parse_args(argv=None):
     p.add_argument("--attention", action="store_true",
                    help="also write <name>_attention.tif: the classwise attention maps alpha_k (Eq. 9) upsampled, "
                         "float32, a band per class, 1 = uniform")
+    p.add_argument("--scenario-map", action="store_true",
+                   help="also write <name>_scenario.tif: the scenario each pixel was predicted in, 0 full, "
+                        "1 missing RGIR, 2 missing NDSM, 255 neither modality has data")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--amp", choices=tuple(PRECISIONS), help=AMP_HELP)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help=CHANNELS_LAST_HELP)

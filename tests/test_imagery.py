@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import data
+import raster
 import predict as predict_py
 import runtime
 import synth
@@ -146,7 +147,7 @@ def test_without_imagecodecs_the_missing_package_is_named(scene, tmp_path):
     path = tmp_path / "lzw.tif"
     tifffile.imwrite(path, scene[0], photometric="rgb", compression="lzw")
     script = ("import sys; sys.modules['imagecodecs'] = None  # as if it were not installed\n"
-              "import data; data.exit_on_user_error(lambda: data.read_orthophoto(sys.argv[1]))")
+              "import data, raster; data.exit_on_user_error(lambda: raster.read_orthophoto(sys.argv[1]))")
     result = subprocess.run([sys.executable, "-c", script, path], cwd=ROOT, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
@@ -176,7 +177,7 @@ def test_the_scaling_rule_is_exact(tmp_path):
     image = np.stack([values * 257, twelve_bit, values], -1)[None].astype(np.uint16)  # 16-, 12-, 8-bit ranges
     max_sample_value = (281, "H", 3, (65535, 4095, 255), True)
     tifffile.imwrite(tmp_path / "ramp.tif", image, photometric="rgb", extratags=[max_sample_value])
-    rgir, _, _ = data.read_orthophoto(tmp_path / "ramp.tif")  # IR, R, G from the declared MaxSampleValue
+    rgir = raster.read_orthophoto(tmp_path / "ramp.tif").pixels  # IR, R, G from the declared MaxSampleValue
     np.testing.assert_array_equal(rgir[0], np.stack([values] * 3, -1))
 
 
@@ -221,7 +222,7 @@ def test_an_opaque_alpha_band_gives_the_labels_of_the_file_without_it(checkpoint
     tifffile.imwrite(tmp_path / "ndsm.tif", ndsm)
     found = labels(checkpoint, tmp_path / "out", "--rgir", tmp_path / "area.tif", "--ndsm", tmp_path / "ndsm.tif")
     np.testing.assert_array_equal(found, reference)  # IR, R, G + alpha is Vaihingen's IRRG
-    notice = f"notice: {tmp_path / 'area.tif'}: band 4 is an alpha band, not used"
+    notice = f"notice: {tmp_path / 'area.tif'}: band 4 is an alpha band, its 0 marks pixels without data"
     assert capsys.readouterr().out.splitlines()[0] == notice
 
 
@@ -231,7 +232,7 @@ def test_rgba_png_is_irrg_with_an_alpha_band(checkpoint, scene, reference, tmp_p
     tifffile.imwrite(tmp_path / "ndsm.tif", ndsm)
     found = labels(checkpoint, tmp_path / "out", "--rgir", tmp_path / "area.png", "--ndsm", tmp_path / "ndsm.tif")
     np.testing.assert_array_equal(found, reference)
-    assert "area.png: band 4 is an alpha band, not used" in capsys.readouterr().out
+    assert "area.png: band 4 is an alpha band, its 0 marks pixels without data" in capsys.readouterr().out
 
 
 def potsdam_rgbir(rgir):

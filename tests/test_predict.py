@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import data
+import raster
 import evaluate
 import predict as predict_py
 import runtime
@@ -79,7 +80,8 @@ def predict(*argv):
 def read(path):
     """Pixels and GeoTIFF tags of a prediction."""
     with tifffile.TiffFile(path) as tiff:
-        return tiff.asarray(), {tag.code: tag.value for tag in tiff.pages.first.tags if tag.code in data.GEOTIFF_TAGS}
+        tags = {tag.code: tag.value for tag in tiff.pages.first.tags if tag.code in raster.GEOTIFF_TAGS}
+        return tiff.asarray(), tags
 
 
 def files(folder):

@@ -1,0 +1,250 @@
+"""Missing where missing: files with holes (NaN, a declared or flagged nodata value, alpha 0, an
+internal mask) are predicted per region in the scenario their data allows. A 128 x 128 area in four
+quadrants: the orthophoto has a collar over the top half, the NDSM a hole over the left half, so
+the quadrants are no data (top left), missing RGIR (top right), missing NDSM (bottom left) and full
+(bottom right). Away from the quadrants' edges, the labels must be exactly those of whole-image
+runs of each scenario (predict.main with a tiny checkpoint, as tests/test_predict.py's)."""
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import data
+import predict as predict_py
+import raster
+import synth
+from test_predict import PATCH, tiny_checkpoint
+
+SIZE, HALF = 128, 64
+COLLAR = np.zeros((SIZE, SIZE), bool)
+COLLAR[:HALF] = True  # the orthophoto has no data here
+HOLE = np.zeros((SIZE, SIZE), bool)
+HOLE[:, :HALF] = True  # the NDSM has no data here
+CODES = predict_py.SCENARIO_CODES
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def area():
+    """(H, W, 3) IRRG and (H, W) NDSM, uint8, every pixel with data."""
+    rng = np.random.default_rng(3)
+    return rng.integers(1, 256, (SIZE, SIZE, 3), dtype=np.uint8), rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
+
+
+def labels(checkpoint, out, *inputs):
+    """The label map predict.py writes for these inputs (flags and paths)."""
+    predict_py.main(["--out", str(out), "--checkpoint", str(checkpoint), "--batch-size", "3", *map(str, inputs)])
+    (written,) = out.glob("*_labels.tif")
+    return tifffile.imread(written)
+
+
+@pytest.fixture(scope="module")
+def scenarios(checkpoint, area, tmp_path_factory):
+    """Whole-image labels of each scenario from the files without holes."""
+    root = tmp_path_factory.mktemp("whole")
+    rgir, ndsm = area
+    tifffile.imwrite(root / "rgir.tif", rgir, photometric="rgb")
+    tifffile.imwrite(root / "ndsm.tif", ndsm)
+    inputs = {"full": ["--rgir", root / "rgir.tif", "--ndsm", root / "ndsm.tif"],
+              "missing_rgir": ["--ndsm", root / "ndsm.tif"], "missing_ndsm": ["--rgir", root / "rgir.tif"]}
+    found = {scenario: labels(checkpoint, root / scenario, *flags) for scenario, flags in inputs.items()}
+    assert all((found["full"] != other).any() for other in (found["missing_rgir"], found["missing_ndsm"]))
+    return found
+
+
+def expected_scenarios():
+    """(H, W) the scenario code of each quadrant."""
+    codes = np.full((SIZE, SIZE), predict_py.NO_SCENARIO, np.uint8)
+    codes[~COLLAR & HOLE] = CODES["missing_ndsm"]
+    codes[COLLAR & ~HOLE] = CODES["missing_rgir"]
+    codes[~COLLAR & ~HOLE] = CODES["full"]
+    return codes
+
+
+def away_from_edges(codes):
+    """(H, W) bool: the pixels that every window covering them sees in one scenario alone."""
+    inside = np.ones(codes.shape, bool)
+    for y, x in data.sliding_windows(*codes.shape, PATCH, PATCH // 4):
+        window = codes[y : y + PATCH, x : x + PATCH]
+        if (window != window[0, 0]).any():
+            inside[y : y + PATCH, x : x + PATCH] = False
+    return inside
+
+
+def write_with_mask(path, image, mask, **options):
+    """A TIFF with an internal transparency mask, as GDAL writes one (NewSubfileType 4, 1 bit)."""
+    with tifffile.TiffWriter(path) as tiff:
+        tiff.write(image, **options)
+        tiff.write(mask, photometric=4, subfiletype=4)
+
+
+def holed_files(root, area, how):
+    """The area's files with the collar and the hole, declared as `how` says; the flags they need."""
+    rgir, ndsm = area
+    metres = ndsm.astype(np.float32) / raster.NDSM_LEVELS_PER_METRE
+    collared = np.where(COLLAR[..., None], 0, rgir).astype(np.uint8)
+    nodata = lambda value: [(raster.GDAL_NODATA, "s", 0, value, True)]
+    flags = []
+    if how == "nan and declared":
+        tifffile.imwrite(root / "rgir.tif", collared, photometric="rgb", extratags=nodata("0"))
+        tifffile.imwrite(root / "ndsm.tif", np.where(HOLE, np.nan, metres))
+    elif how == "declared and alpha":
+        alpha = np.where(COLLAR, 0, 255).astype(np.uint8)[..., None]
+        tifffile.imwrite(root / "rgir.tif", np.concatenate([rgir, alpha], -1), photometric="rgb", extrasamples=[2])
+        tifffile.imwrite(root / "ndsm.tif", np.where(HOLE, -9999, metres).astype(np.float32),
+                         extratags=nodata("-9999"))
+    elif how == "flagged":
+        tifffile.imwrite(root / "rgir.tif", collared, photometric="rgb")
+        tifffile.imwrite(root / "ndsm.tif", np.where(HOLE, -9999, metres).astype(np.float32))
+        flags = ["--rgir-nodata", 0, "--ndsm-nodata", -9999]
+    elif how == "masks":
+        write_with_mask(root / "rgir.tif", rgir, ~COLLAR, photometric="rgb", compression="zlib")
+        write_with_mask(root / "ndsm.tif", ndsm, ~HOLE)
+    return ["--rgir", root / "rgir.tif", "--ndsm", root / "ndsm.tif", *flags]
+
+
+@pytest.mark.parametrize("how", ["nan and declared", "declared and alpha", "flagged", "masks"])
+def test_each_region_gets_the_labels_of_the_scenario_its_data_allows(checkpoint, area, scenarios, tmp_path, how):
+    found = labels(checkpoint, tmp_path / "out", *holed_files(tmp_path, area, how), "--scenario-map")
+    codes = expected_scenarios()
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "rgir_scenario.tif"), codes)
+    assert (found[codes == predict_py.NO_SCENARIO] == predict_py.NODATA_LABEL).all()
+    assert (found[codes != predict_py.NO_SCENARIO] < len(data.CLASSES)).all()  # at the edges too: a class
+    inside = away_from_edges(codes)
+    for scenario, code in CODES.items():
+        region = inside & (codes == code)
+        assert region.sum() > 1000, scenario
+        np.testing.assert_array_equal(found[region], scenarios[scenario][region], err_msg=scenario)
+
+
+def test_reading_nodata_as_values_gives_other_labels(checkpoint, area, scenarios, tmp_path):
+    """What the test above guards against: today's reading, a hole as 0 m and a collar as black pixels,
+    predicts the holes in the full scenario and gets other labels there."""
+    rgir, ndsm = area
+    tifffile.imwrite(tmp_path / "rgir.tif", np.where(COLLAR[..., None], 0, rgir).astype(np.uint8), photometric="rgb")
+    tifffile.imwrite(tmp_path / "ndsm.tif", np.where(HOLE, 0, ndsm).astype(np.uint8))
+    found = labels(checkpoint, tmp_path / "out", "--rgir", tmp_path / "rgir.tif", "--ndsm", tmp_path / "ndsm.tif")
+    inside = away_from_edges(expected_scenarios())
+    for scenario, region in (("missing_ndsm", ~COLLAR & HOLE), ("missing_rgir", COLLAR & ~HOLE)):
+        assert (found[inside & region] != scenarios[scenario][inside & region]).mean() > 0.05, scenario
+
+
+def test_outputs_declare_the_nodata_label_and_carry_the_palette(checkpoint, area, tmp_path):
+    inputs = holed_files(tmp_path, area, "nan and declared")
+    predict_py.main(["--out", str(tmp_path / "out"), "--checkpoint", str(checkpoint), *map(str, inputs),
+                     "--probabilities", "--scenario-map"])
+    with tifffile.TiffFile(tmp_path / "out" / "rgir_labels.tif") as tiff:
+        page = tiff.pages.first
+        found, colours = page.asarray(), page.colormap
+        assert page.photometric == tifffile.PHOTOMETRIC.PALETTE and page.samplesperpixel == 1
+        assert page.tags.valueof(raster.GDAL_NODATA) == "255"
+    assert colours.shape == (3, 256) and colours.dtype == np.uint16
+    np.testing.assert_array_equal(colours[:, : len(data.PALETTE)].T, data.PALETTE.astype(np.uint16) * 257)
+    assert (colours[:, predict_py.NODATA_LABEL] == 0).all()  # black
+    with tifffile.TiffFile(tmp_path / "out" / "rgir_scenario.tif") as tiff:
+        assert tiff.pages.first.tags.valueof(raster.GDAL_NODATA) == "255"
+    no_data = COLLAR & HOLE
+    probabilities = tifffile.imread(tmp_path / "out" / "rgir_probabilities.tif")
+    assert (probabilities[no_data] == 0).all() and (probabilities[~no_data].sum(-1) > 250).all()
+    assert (found[no_data] == 255).all() and (found[~no_data] < 6).all()
+
+
+def test_a_modality_without_any_data_is_missing(checkpoint, area, scenarios, tmp_path, capsys):
+    rgir, _ = area
+    tifffile.imwrite(tmp_path / "rgir.tif", rgir, photometric="rgb")
+    tifffile.imwrite(tmp_path / "ndsm.tif", np.full((SIZE, SIZE), np.nan, np.float32))
+    found = labels(checkpoint, tmp_path / "out", "--rgir", tmp_path / "rgir.tif", "--ndsm", tmp_path / "ndsm.tif")
+    np.testing.assert_array_equal(found, scenarios["missing_ndsm"])
+    notices = [line for line in capsys.readouterr().out.splitlines() if "no pixel has data" in line]
+    assert notices == [f"notice: {tmp_path / 'ndsm.tif'}: no pixel has data (all nodata, masked or NaN); "
+                       "predicted as if the NDSM were missing"]
+
+
+def refused(capsys, checkpoint, tmp_path, *inputs):
+    """The one line of a prediction that stops with a user error (exit status 2), and nothing written."""
+    with pytest.raises(SystemExit) as stop:
+        data.exit_on_user_error(lambda: labels(checkpoint, tmp_path / "out", *inputs))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert not (tmp_path / "out").exists()
+    return lines[0]
+
+
+def test_no_data_in_any_modality_given_is_an_error(checkpoint, area, tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "rgir.tif", np.zeros_like(area[0]), photometric="rgb")
+    tifffile.imwrite(tmp_path / "ndsm.tif", np.full((SIZE, SIZE), -9999, np.float32))
+    line = refused(capsys, checkpoint, tmp_path, "--rgir", tmp_path / "rgir.tif", "--ndsm", tmp_path / "ndsm.tif",
+                   "--rgir-nodata", 0, "--ndsm-nodata", -9999)
+    assert f"rgir.tif and {tmp_path / 'ndsm.tif'}: no pixel has data" in line
+    line = refused(capsys, checkpoint, tmp_path, "--ndsm", tmp_path / "ndsm.tif", "--ndsm-nodata", -9999)
+    assert line.startswith(f"error: {tmp_path / 'ndsm.tif'}: no pixel has data")
+
+
+def test_a_mask_of_another_size_is_an_error(checkpoint, area, tmp_path, capsys):
+    write_with_mask(tmp_path / "rgir.tif", area[0], np.ones((SIZE, SIZE - 1), bool), photometric="rgb")
+    line = refused(capsys, checkpoint, tmp_path, "--rgir", tmp_path / "rgir.tif")
+    assert "rgir.tif: its internal mask is 128 x 127 pixels, the image 128 x 128" in line
+
+
+def test_fill_keeps_the_data_and_fills_holes_from_their_rim():
+    ramp = torch.arange(32.0).expand(1, 2, 32, 32).clone()  # (B, C, h, w): rising left to right
+    valid = np.ones((1, 32, 32), bool)
+    valid[0, 8:20, 10:22] = False
+    filled = predict_py.filled(ramp, valid)
+    has_data = torch.from_numpy(valid[0])
+    assert torch.equal(filled[0, :, has_data], ramp[0, :, has_data])
+    hole = filled[0, 0, ~has_data]
+    assert 9 <= hole.min() and hole.max() <= 22  # between the values at its rim: no step, no outlier
+    assert filled[0, 0, 14, 11] < filled[0, 0, 14, 15] < filled[0, 0, 14, 20]  # the ramp goes on through the hole
+    assert predict_py.filled(ramp, None) is ramp
+
+
+# ------------------------------------------------------------------ the ISPRS readers
+
+def test_dsm_fallback_ignores_holes_and_marks_them(tmp_path, capsys):
+    """test_data.py's sloping terrain with two 12 m buildings, given as a DSM with holes: -9999 declared
+    as nodata over a corner of the ground and a building's edge, NaN over a strip. Read as heights, the
+    holes would pull the ground down to -9999 m and clip every height near them to 25.5 m."""
+    height, width = 300, 400
+    ys, xs = np.mgrid[:height, :width]
+    objects = np.zeros((height, width), np.float32)
+    objects[40:110, 50:140] = 12
+    objects[180:260, 250:330] = 12
+    dsm = (250 + 0.004 * xs + 0.002 * ys + objects).astype(np.float32)
+    holes = np.zeros((height, width), bool)
+    holes[150:240, 200:290] = True  # 3 x 3 blocks without any data, and half of a roof
+    dsm[holes] = -9999
+    dsm[20:30, :] = np.nan
+    holes[20:30, :] = True
+    label = np.where(objects > 0, 1, 0).astype(np.uint8)
+    for path, array, options in (("top/top_mosaic_09cm_area3.tif", np.zeros((height, width, 3), np.uint8), {}),
+                                 ("gts_for_participants/top_mosaic_09cm_area3.tif", data.labels_to_rgb(label), {}),
+                                 ("dsm/dsm_09cm_matching_area3.tif", dsm,
+                                  {"extratags": [(raster.GDAL_NODATA, "s", 0, "-9999", True)]})):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(tmp_path / path, array, **options)
+    (tile,) = data.load_split(tmp_path, "train")
+    assert "notice: area3: 10.1% of the NDSM without data, stored as 0" in capsys.readouterr().out
+    np.testing.assert_array_equal(tile.ndsm_valid, ~holes)
+    assert tile.rgir_valid is None and (tile.ndsm[holes] == 0).all()
+    error = np.abs(tile.ndsm / data.NDSM_LEVELS_PER_METRE - objects)[~holes]
+    assert np.percentile(error, 90) < 0.4 and error.max() < 1  # metres, as without holes
+
+
+def test_isprs_orthophoto_with_a_collar_is_stored_as_0_and_marked(tmp_path):
+    synth.synthesize(tmp_path, "vaihingen", tiles=1, size=48)
+    (expected,) = data.load_split(tmp_path, "train")
+    (path,) = tmp_path.rglob("top/top_mosaic_09cm_area1.tif")
+    collar = np.zeros(expected.label.shape, bool)
+    collar[:, :10] = True
+    tifffile.imwrite(path, np.where(collar[..., None], 0, expected.rgir).astype(np.uint8), photometric="rgb",
+                     extratags=[(raster.GDAL_NODATA, "s", 0, "0", True)])
+    (tile,) = data.load_split(tmp_path, "train")
+    np.testing.assert_array_equal(tile.rgir_valid, ~collar)
+    np.testing.assert_array_equal(tile.rgir[~collar], expected.rgir[~collar])
+    assert tile.ndsm_valid is None and (tile.rgir[collar] == 0).all()
