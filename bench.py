@@ -24,10 +24,20 @@ import torch
 from torch.utils import flop_counter
 
 import data
-from dis2 import ABLATIONS, DIS2, DIS2Config, SCENARIOS
+from dis2 import SCENARIOS
 from evaluate import evaluate_tiles
 from runtime import PRECISIONS, autocast_dtype, precision, prepared, resolve_device, use_channels_last
-from train import NonFiniteLoss, check_args, fill_budget, make_optimizer, train_step, training_parser, wrap_model
+from train import (
+    NonFiniteLoss,
+    build_model,
+    check_args,
+    fill_budget,
+    make_optimizer,
+    objective,
+    train_step,
+    training_parser,
+    wrap_model,
+)
 
 BENCHMARK_WARMUP = 2
 
@@ -115,8 +125,7 @@ def report_benchmark(what, result, flops, args, device, amp_dtype, **extra):
 def inference_benchmark(args, device, amp_dtype):
     """Full-modality forward passes on random inputs, as evaluation runs them."""
     torch.manual_seed(args.seed)
-    config = DIS2Config(width=args.width, pos_size=args.patch, layout=args.layout, **ABLATIONS[args.ablation])
-    net = prepared(DIS2(config), device, channels_last=args.channels_last)
+    net = prepared(build_model(args), device, channels_last=args.channels_last)
     model = torch.compile(net) if args.compile else net
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     B, p = args.batch_size, args.patch
@@ -136,14 +145,15 @@ def training_benchmark(args, device, amp_dtype):
     """Runs self_check, then times training steps on random inputs: full plus
     one missing scenario, every term of Eq. 14, backward and optimiser step,
     as training runs them. Exits with status 1 when the self-check failed."""
-    config = DIS2Config(width=args.width, pos_size=args.patch, layout=args.layout, **ABLATIONS[args.ablation])
-    checked = self_check(config, args, device)
+    config = build_model(args).config
+    checked = self_check(args, device)
     failed = [name for name, outcome in checked.items() if outcome != "ok"]
     if args.amp in failed:
         sys.exit(1)  # the self-check's line says what failed; the timing would fail the same way
     torch.manual_seed(args.seed)
-    net = DIS2(config).to(device)
+    net = build_model(args).to(device)
     model = wrap_model(net, device, 1, args.compile, args.channels_last)
+    loss_fn = objective(args, config, step=1, total_steps=1)  # past any warm-up: every term counts
     optimizer, scheduler = make_optimizer(net, args, steps_per_epoch=args.repeats + BENCHMARK_WARMUP)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     rgir, ndsm, label = random_batch(args.batch_size, args.patch, config, device, args.channels_last)
@@ -152,11 +162,12 @@ def training_benchmark(args, device, amp_dtype):
 
     def step(model=model):
         return train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label, ("rgir", "ndsm")[next(steps) % 2],
-                          class_weights, amp_dtype)
+                          class_weights, amp_dtype, loss_fn=loss_fn)
 
     flops = count_flops(lambda: step(net))  # net, not model: a compiled graph hides its operations from the counter
     result = measure(step, args.batch_size, device, BENCHMARK_WARMUP, args.repeats)
-    report_benchmark("training step", result, flops, args, device, amp_dtype, self_check=checked)
+    report_benchmark("training step", result, flops, args, device, amp_dtype, self_check=checked, ablation=args.ablation,
+                     parameters=sum(p.numel() for p in net.parameters()))
     if failed:
         sys.exit(1)
 
@@ -169,7 +180,7 @@ def random_batch(batch_size, patch, config, device, channels_last):
     return rgir, ndsm, torch.randint(0, config.num_classes, (batch_size, patch, patch), device=device)
 
 
-def self_check(config, args, device):
+def self_check(args, device):
     """One training step and one evaluation window (the three scenarios, scored
     as validation scores them) in each precision, with this command's model,
     channels-last and compile settings, on inputs of at most 64x64 pixels:
@@ -183,14 +194,16 @@ def self_check(config, args, device):
         amp_dtype, stage = autocast_dtype(device, name), "training step"
         try:
             torch.manual_seed(args.seed)
-            net = DIS2(config).to(device)
+            net = build_model(args).to(device)
+            config = net.config
             model = wrap_model(net, device, 1, args.compile, args.channels_last)
             optimizer = torch.optim.AdamW(net.parameters())
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
             scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
             rgir, ndsm, label = random_batch(2, window, config, device, args.channels_last)
             class_weights = torch.ones(config.num_classes, device=device)
-            train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label, "rgir", class_weights, amp_dtype)
+            train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label, "rgir", class_weights, amp_dtype,
+                       loss_fn=objective(args, config, step=1, total_steps=1))
             if not all(torch.isfinite(p).all() for p in net.parameters()):
                 raise NonFiniteLoss("non-finite weights after the step")
             stage = "evaluation window"

@@ -15,6 +15,13 @@ from dis2 import OTHER
 
 IGNORE_INDEX = 255
 TERMS = ("seg_full", "seg_miss", "orth", "distill_feat", "distill_logit", "uni_rgir", "uni_ndsm", "aux")
+# "paper": Eq. 2-6 and 14 as printed. "authors": DLKD as the authors' code computes it
+# (DLKD_ver4.py, run_experiment_35.py): the orthogonal loss on the first 3 levels, feature
+# distillation on L2-normalised features (their l2_kd_loss), the KL of Eq. 5 averaged over the
+# classes too (F.kl_div(..., reduction="mean")), and distillation weighted by the training loop
+# (train.distill_weight: 5, and 0 early on). Only DLKD's strength differs between the two.
+RECIPES = ("paper", "authors")
+AUTHORS_ORTH_LEVELS = 3
 
 
 def orthogonal_loss(dist, supp):
@@ -27,26 +34,31 @@ def orthogonal_loss(dist, supp):
     return sum(F.cosine_similarity(x.float(), x_supp.float(), dim=1).pow(2).mean() for x, x_supp in zip(dist, supp))
 
 
-def feature_distillation_loss(student, teacher):
+def feature_distillation_loss(student, teacher, normalise=False):
     """Eq. 4: mean squared error between the missing-scenario (student) and the
     stop-gradient full-scenario (teacher) features, summed over the terms
-    (pooled F_1..F_L and the penultimate Z)."""
+    (pooled F_1..F_L and the penultimate Z). With `normalise` (the authors'
+    recipe, their l2_kd_loss), each feature vector is first scaled to unit L2
+    norm over its channels: a pooled (B, D) per sample, Z (B, C, H, W) per pixel."""
     if len(student) != len(teacher):
         raise ValueError(f"feature_distillation_loss needs matching sequences, got {len(student)} and {len(teacher)}")
+    unit = (lambda x: F.normalize(x, p=2, dim=1, eps=1e-6)) if normalise else (lambda x: x)
     # Eq. 4: L_distill^feat = sum_i ||F_i^miss - sg(F_i^full)||^2 + ||Z^miss - sg(Z^full)||^2
-    return sum(F.mse_loss(s.float(), t.detach().float()) for s, t in zip(student, teacher))
+    return sum(F.mse_loss(unit(s.float()), unit(t.detach().float())) for s, t in zip(student, teacher))
 
 
-def logit_distillation_loss(student_logits, teacher_logits, temperature=2.0):
+def logit_distillation_loss(student_logits, teacher_logits, temperature=2.0, class_mean=False):
     """Eq. 5: KL divergence from the temperature-softened teacher (full
     scenario) to the student (missing scenario), summed over classes and
     averaged over batch and pixels. The T^2 keeps the gradient scale
-    independent of T (Hinton et al.)."""
+    independent of T (Hinton et al.). With `class_mean` (the authors' recipe)
+    the sum over the classes becomes a mean: K times smaller."""
     T = temperature
     log_p_student = F.log_softmax(student_logits.float() / T, dim=1)
     log_p_teacher = F.log_softmax(teacher_logits.detach().float() / T, dim=1)
     # Eq. 5: L_distill^logit = T^2 KL( soft(z_full / T) || log_soft(z_miss / T) )
-    kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="none").sum(dim=1)
+    kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="none")
+    kl = kl.mean(dim=1) if class_mean else kl.sum(dim=1)
     return T**2 * kl.mean()
 
 
@@ -113,25 +125,33 @@ def median_frequency_weights(frequencies):
     return weights
 
 
-def dis2_loss(full, miss, target, missing, class_weights=None, temperature=2.0):
+def dis2_loss(full, miss, target, missing, class_weights=None, temperature=2.0, recipe="paper", distill_weight=1.0):
     """The combined objective of Eq. 14 for one batch: `full` and `miss` are the
     DIS2Output of the full scenario and of the missing scenario (`missing` is
-    "rgir" or "ndsm"). Returns the total and a dict of every term (a variant
-    without DLKD has no orthogonal or distillation terms: they are 0)."""
+    "rgir" or "ndsm"). Returns the total and a dict of every term, unweighted
+    (a variant without DLKD has no orthogonal or distillation terms: they are 0).
+    `recipe` "authors" computes DLKD as the authors' code does (RECIPES), and
+    `distill_weight` multiplies L_distill (Eq. 14 as printed: 1)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    authors = recipe == "authors"
     seg = lambda logits: segmentation_loss(logits, target, class_weights)
     available = OTHER[missing]
     zero = full.logits.new_zeros((), dtype=torch.float32)
     terms = dict(seg_full=seg(full.logits), seg_miss=seg(miss.logits), orth=zero, distill_feat=zero, distill_logit=zero)
     if miss.branch_pooled:
-        terms["orth"] = orthogonal_loss(miss.branch_pooled[f"{available}_dist"], miss.branch_pooled[f"{available}_supp"])
-        terms["distill_feat"] = feature_distillation_loss([*miss.fused_pooled, miss.z], [*full.fused_pooled, full.z])
-        terms["distill_logit"] = logit_distillation_loss(miss.logits, full.logits, temperature)
+        levels = slice(AUTHORS_ORTH_LEVELS) if authors else slice(None)
+        terms["orth"] = orthogonal_loss(miss.branch_pooled[f"{available}_dist"][levels],
+                                        miss.branch_pooled[f"{available}_supp"][levels])
+        terms["distill_feat"] = feature_distillation_loss([*miss.fused_pooled, miss.z], [*full.fused_pooled, full.z],
+                                                          normalise=authors)
+        terms["distill_logit"] = logit_distillation_loss(miss.logits, full.logits, temperature, class_mean=authors)
     terms["uni_rgir"] = seg(full.uni_logits["rgir"])
     terms["uni_ndsm"] = seg(full.uni_logits["ndsm"])
     # Eq. 13: L_aux = sum_l L_seg(Y^l, Y), for the decoder levels of both scenarios
     terms["aux"] = sum(seg(y) for out in (full, miss) for y in out.aux_logits)
-    # Eq. 3: L_distill = L_distill^feat + L_distill^logit
-    distill = terms["distill_feat"] + terms["distill_logit"]
+    # Eq. 3: L_distill = L_distill^feat + L_distill^logit (weighted 1 in Eq. 14; the authors' loop: 5, or 0 early on)
+    distill = distill_weight * (terms["distill_feat"] + terms["distill_logit"])
     # Eq. 6: L_DLKD = L_orth + L_distill
     dlkd = terms["orth"] + distill
     # Eq. 14: L = L_seg(Y_full) + L_seg(Y_miss) + L_DLKD + sum_m L_uni^m + L_aux

@@ -39,15 +39,23 @@ BUDGETS = {
     "reproduce": dict(epochs=20, batch_size=8, patch=128, samples_per_epoch=800, width=16),
     "reproduce-full": dict(epochs=100, batch_size=8, patch=512, samples_per_epoch=2000, width=32),
 }
-# The reproduction's runs: the four variants of Table 2 and DIS2 in the authors' per-scenario
-# layout, each with its number of seeds (3 where a claim needs the spread over seeds).
+# The reproduction's runs: the four variants of Table 2, DIS2 in the authors' per-scenario layout,
+# DIS2 with the authors' DLKD recipe (train.py --recipe authors), ShaSpec (Table 1's comparison), and HF
+# and DIS2 at twice the budget ("budget": a factor on the epochs), each with its number of seeds (5
+# where a claim rests on the spread over seeds, 3 where a comparison does, 1 for the rest) and the
+# run its differences are paired against ("baseline", HF unless said).
 REPRODUCTION = {
-    "hf": dict(ablation="hf", layout="shared", seeds=3),
+    "hf": dict(ablation="hf", layout="shared", seeds=5, baseline=None),
     "hf+cw": dict(ablation="hf+cw", layout="shared", seeds=1),
     "hf+dlkd": dict(ablation="hf+dlkd", layout="shared", seeds=1),
-    "dis2": dict(ablation="dis2", layout="shared", seeds=3),
+    "dis2": dict(ablation="dis2", layout="shared", seeds=5),
     "dis2-per-scenario": dict(ablation="dis2", layout="per-scenario", seeds=3),
+    "dis2-authors": dict(ablation="dis2", layout="shared", recipe="authors", seeds=5),
+    "shaspec": dict(ablation="shaspec", layout="shared", seeds=5),
+    "hf-2x": dict(ablation="hf", layout="shared", budget=2, seeds=3, baseline=None),
+    "dis2-2x": dict(ablation="dis2", layout="shared", budget=2, seeds=3, baseline="hf-2x"),
 }
+RUN_KEYS = ("seeds", "budget", "baseline")  # REPRODUCTION's keys that are not train.py flags
 # The synthetic benchmark of the reproduction (Vaihingen layout): tiles, tile side, generator seed.
 SYNTHETIC_BENCHMARKS = {
     "reproduce": dict(tiles=33, size=640, seed=2026),
@@ -71,7 +79,7 @@ def parse_args(argv=None):
     p.add_argument("--variants", type=variant_list,
                    help=f"the runs to train, comma-separated (default: all of {','.join(REPRODUCTION)})")
     p.add_argument("--seeds", type=data.positive_int,
-                   help="seeds per variant (default: 3 for hf, dis2 and dis2-per-scenario, 1 for the others)")
+                   help="seeds per variant (default: REPRODUCTION's, 1 to 5 per variant)")
     args = train.check_args(p.parse_args(argv))
     if args.resume:
         raise DataError("--resume: reproduce.py resumes by itself; run the same command again")
@@ -174,9 +182,12 @@ def reproduce_run(args, variant, seed, out, data_dir, sets, device, amp_dtype):
     if checkpoint is None:
         for stale in ("metrics.csv", "best.pt", "test.json", "calibration.json"):  # of a run whose checkpoints are gone
             (run / stale).unlink(missing_ok=True)
-    if not checkpoint or checkpoint["state"]["epoch"] < args.epochs:
-        run_args = argparse.Namespace(**{**vars(args), **{k: v for k, v in REPRODUCTION[variant].items() if k != "seeds"},
-                                         "seed": seed, "out": str(run), "data": str(data_dir), "resume": str(run / "last.pt") if checkpoint else None})
+    settings = REPRODUCTION[variant]
+    epochs = args.epochs * settings.get("budget", 1)
+    if not checkpoint or checkpoint["state"]["epoch"] < epochs:
+        run_args = argparse.Namespace(**{**vars(args), **{k: v for k, v in settings.items() if k not in RUN_KEYS},
+                                         "epochs": epochs, "seed": seed, "out": str(run), "data": str(data_dir),
+                                         "resume": str(run / "last.pt") if checkpoint else None})
         if not train.train(run_args, checkpoint, device, amp_dtype, rank=0, world=1):
             return False
         checkpoint = load_checkpoint(run / "last.pt")
@@ -256,7 +267,18 @@ def pct(x):
 
 SCORE_HEADER = ["", *COLUMN_NAMES, "mF1", "mIoU", "OA"]
 VARIANT_NAMES = {"hf": "Hierarchical Fusion (HF)", "hf+cw": "HF + Classwise (CW)", "hf+dlkd": "HF + DLKD",
-                 "dis2": "HF + CW + DLKD (DIS2)", "dis2-per-scenario": "DIS2, per-scenario layout (authors')"}
+                 "dis2": "HF + CW + DLKD (DIS2)", "dis2-per-scenario": "DIS2, per-scenario layout (authors')",
+                 "dis2-authors": "DIS2, authors' DLKD recipe", "shaspec": "ShaSpec",
+                 "hf-2x": "HF, twice the budget", "dis2-2x": "DIS2, twice the budget"}
+# What moves DIS2's margin over HF: each row a contrast [(coefficient, variant)] of the runs' mF1.
+MARGINS = {
+    "DIS2 - HF, the paper's recipe": [(1, "dis2"), (-1, "hf")],
+    "DIS2 - HF, the authors' recipe": [(1, "dis2-authors"), (-1, "hf")],
+    "DIS2 - HF, twice the budget": [(1, "dis2-2x"), (-1, "hf-2x")],
+    "authors' minus paper's recipe (DIS2)": [(1, "dis2-authors"), (-1, "dis2")],
+    "the margin at twice minus at the budget": [(1, "dis2-2x"), (-1, "hf-2x"), (-1, "dis2"), (1, "hf")],
+}
+SHASPEC_PAPER = {"full": 2.26, "missing_rgir": 5.84, "missing_ndsm": 6.52}  # DIS2 - ShaSpec, Table 1, Vaihingen
 OUTCOMES_VS_HF = {"above": "better", "below": "worse"}
 
 
@@ -303,13 +325,20 @@ def comparisons(results):
     "vs_hf": protocol -> scenario -> variant -> its mF1 minus HF's;
     "layouts": protocol -> scenario -> per-scenario minus shared DIS2;
     "hardest": protocol -> variant -> scenario -> that scenario's mF1 minus missing RGIR's;
-    "distance": pair -> variant -> {"raw", "relative"} -> its distance of Z minus HF's."""
-    found = {"vs_hf": {}, "layouts": {}, "hardest": {}, "distance": {}}
+    "distance": pair -> variant -> {"raw", "relative"} -> its distance of Z minus HF's;
+    "margins": protocol -> MARGINS label -> scenario; "shaspec": protocol -> scenario -> DIS2 minus ShaSpec."""
+    found = {"vs_hf": {}, "layouts": {}, "hardest": {}, "distance": {}, "margins": {}, "shaspec": {}}
     for protocol in stats.PROTOCOLS:
         mf1 = lambda s: stats.mf1_statistic(s, protocol)
         if "hf" in results:
             found["vs_hf"][protocol] = {s: {v: stats.paired_difference(runs, results["hf"], mf1(s))
-                                            for v, runs in results.items() if v != "hf"} for s in SCENARIOS}
+                                            for v, runs in results.items() if baseline(v) == "hf"} for s in SCENARIOS}
+        found["margins"][protocol] = {
+            label: {s: stats.paired_contrast([(c, results[v], mf1(s)) for c, v in terms]) for s in SCENARIOS}
+            for label, terms in MARGINS.items() if all(v in results for _, v in terms)}
+        if "dis2" in results and "shaspec" in results:
+            found["shaspec"][protocol] = {s: stats.paired_difference(results["dis2"], results["shaspec"], mf1(s))
+                                          for s in SCENARIOS}
         if "dis2" in results and "dis2-per-scenario" in results:
             found["layouts"][protocol] = {s: stats.paired_difference(results["dis2-per-scenario"], results["dis2"], mf1(s))
                                           for s in SCENARIOS}
@@ -320,8 +349,12 @@ def comparisons(results):
         for pair in DISTANCE_PAIRS:
             found["distance"][pair] = {
                 v: {kind: stats.paired_difference(runs, results["hf"], stats.distance_statistic(pair, kind == "relative"))
-                    for kind in ("raw", "relative")} for v, runs in results.items() if v != "hf"}
+                    for kind in ("raw", "relative")} for v, runs in results.items() if baseline(v) == "hf"}
     return found
+
+
+def baseline(variant):
+    return REPRODUCTION.get(variant, {}).get("baseline", "hf")
 
 
 def comparisons_json(found):
@@ -356,6 +389,14 @@ def claims(results, found):
                        "; ".join(f"{SHORT_NAMES[a]} vs {SHORT_NAMES[b]}: {show(d, 4)}" for (a, b), d in shrink.items()))
             found_claims.append((f"distillation shrinks the full-vs-missing distance of Z relative to the norm of the full "
                                  f"scenario's Z ({VARIANT_NAMES[variant]} minus HF < 0)", {p: outcome for p in stats.PROTOCOLS}))
+    if found["shaspec"]:
+        outcome = {}
+        for protocol in stats.PROTOCOLS:
+            gains = found["shaspec"][protocol]
+            outcome[protocol] = (stats.claim_outcome(gains.values(), "above"),
+                                 "; ".join(f"{SHORT_NAMES[s]}: {show(d)}" for s, d in gains.items()))
+        paper = ", ".join(f"{g:+.2f}" for g in SHASPEC_PAPER.values())
+        found_claims.append((f"DIS2 beats ShaSpec in all three scenarios (paper: {paper} mF1 on Vaihingen)", outcome))
     for variant in ("dis2", "dis2-per-scenario", "hf"):
         if variant in results:
             outcome = {}
@@ -402,7 +443,7 @@ def tables_markdown(results, training, title, found=None):
         rows = [[ROW_NAMES[s], VARIANT_NAMES[v], *(x for p in stats.PROTOCOLS for x in (
                     show(found["vs_hf"][p][s][v]), verdict(found["vs_hf"][p][s][v], OUTCOMES_VS_HF))),
                  *class_means(results[v], results["hf"], s)]
-                for s in SCENARIOS for v in results if v != "hf"]
+                for s in SCENARIOS for v in results if baseline(v) == "hf"]
         parts += ["## Paired differences against HF: mF1, mean ± 95% interval over seeds / over seeds and tiles", "",
                   markdown_table(["Scenario", "Variant", "Δ mF1", "vs HF", "Δ mF1, clutter ignored", "vs HF", *delta_header],
                                  rows), ""]
@@ -413,6 +454,27 @@ def tables_markdown(results, training, title, found=None):
                  *class_means(results["dis2-per-scenario"], results["dis2"], s)] for s in SCENARIOS]
         parts += ["## The two DIS2 layouts: per-scenario minus shared (same seeds, same tiles)", "",
                   markdown_table(["Scenario", "Δ mF1", "outcome", "Δ mF1, clutter ignored", "outcome", *delta_header], rows), ""]
+    if found["margins"].get("counted"):
+        rows = [[label, ROW_NAMES[s], *(x for p in stats.PROTOCOLS for x in (
+                    show(found["margins"][p][label][s]), verdict(found["margins"][p][label][s], {"above": "larger",
+                                                                                                   "below": "smaller"})))]
+                for label in found["margins"]["counted"] for s in ("missing_rgir", "missing_ndsm")]
+        parts += ["## What moves the margin", "",
+                  "DIS2 minus HF in the missing scenarios with the paper's recipe (Eq. 14 as printed), with the authors' "
+                  "DLKD recipe (distillation weighted 5 and off for the first 6% of the steps, L2-normalised feature "
+                  "distillation, the KL averaged over the classes, the orthogonal loss on 3 levels) and at twice the "
+                  "budget; then how the margin changes with each (same seeds, same tiles). A change is "
+                  "\"larger\" or \"smaller\" only where its interval over seeds and tiles excludes 0.", "",
+                  markdown_table(["Contrast", "Scenario", "Δ mF1", "resolved", "Δ mF1, clutter ignored", "resolved"],
+                                 rows), ""]
+    if found["shaspec"]:
+        rows = [[ROW_NAMES[s], f"{SHASPEC_PAPER[s]:+.2f}", *(x for p in stats.PROTOCOLS for x in (
+                    show(found["shaspec"][p][s]), verdict(found["shaspec"][p][s], {"above": "DIS2 better",
+                                                                                   "below": "ShaSpec better"})))]
+                for s in SCENARIOS]
+        parts += ["## Table 1's comparison: DIS2 minus ShaSpec (same seeds, same tiles)", "",
+                  markdown_table(["Scenario", "paper (Vaihingen)", "Δ mF1", "outcome", "Δ mF1, clutter ignored",
+                                  "outcome"], rows), ""]
     rows = []
     for pair in DISTANCE_PAIRS:
         for v, runs in results.items():

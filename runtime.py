@@ -12,6 +12,7 @@ import torch
 
 from data import CLASSES, DataError
 from dis2 import DIS2, DIS2Config, STRIDE
+from shaspec import ShaSpec, ShaSpecConfig
 
 CHECKPOINT_FORMAT = "dis2-checkpoint-3"  # 2: fusion and decoder under fusion_decoders (DIS2Config.layout); 3: running statistics per scenario
 
@@ -127,7 +128,11 @@ def prepared(model, device, compile_model=False, channels_last=None):
 
 
 def model_from_checkpoint(checkpoint, device, compile_model=False, channels_last=None):
-    model = DIS2(DIS2Config(**checkpoint["config"]))
+    # Checkpoints before ShaSpec hold no "architecture": they are DIS2's.
+    if checkpoint.get("architecture", "DIS2") == "ShaSpec":
+        model = ShaSpec(ShaSpecConfig(**checkpoint["config"]))
+    else:
+        model = DIS2(DIS2Config(**checkpoint["config"]))
     model.load_state_dict(checkpoint["model"])
     return prepared(model, device, compile_model, channels_last)
 

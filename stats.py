@@ -113,7 +113,8 @@ def distance_statistic(pair, relative):
         windows = np.array([run["per_tile"][t]["windows"] for t in tiles], np.float64)
         distance = np.array([run["per_tile"][t]["feature_distance"][name] for t in tiles]) * windows
         scale = np.array([run["per_tile"][t]["feature_distance"]["z_full"] for t in tiles]) * windows
-        return distance[index].sum(1) / (scale if relative else windows)[index].sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):  # an untrained model's Z may be all 0: NaN
+            return distance[index].sum(1) / (scale if relative else windows)[index].sum(1)
 
     return statistic
 
@@ -153,25 +154,33 @@ class Difference:
 
 def paired_difference(a_runs, b_runs, statistic_a, statistic_b=None, resamples=BOOTSTRAP_RESAMPLES):
     """statistic_a(a) - statistic_b(b) over the seeds both have ({seed: test.json} each) and the
-    tiles all their runs were scored on; None without a common seed. The tiles are resampled
-    with replacement, the same resample for every run, so the pairing over tiles is kept."""
-    statistic_b = statistic_b or statistic_a
-    seeds = sorted(set(a_runs) & set(b_runs))
+    tiles all their runs were scored on; None without a common seed."""
+    return paired_contrast([(1, a_runs, statistic_a), (-1, b_runs, statistic_b or statistic_a)], resamples)
+
+
+def paired_contrast(terms, resamples=BOOTSTRAP_RESAMPLES):
+    """sum of coefficient * statistic(runs) over `terms` [(coefficient, {seed: test.json}, statistic)],
+    per seed, over the seeds all the terms have and the tiles all their runs were scored on: a
+    difference (1, -1), or a difference of differences, such as how a margin changes with the budget.
+    The tiles are resampled with replacement, the same draw for every run, so the pairing over
+    tiles is kept. None without a common seed."""
+    seeds = sorted(set.intersection(*(set(runs) for _, runs, _ in terms)))
     if not seeds:
         return None
-    tiles = tile_names({**{("a", s): a_runs[s] for s in seeds}, **{("b", s): b_runs[s] for s in seeds}})
+    tiles = tile_names({(k, s): runs[s] for k, (_, runs, _) in enumerate(terms) for s in seeds})
     whole = np.arange(len(tiles))[None]
     resampled = np.random.default_rng(BOOTSTRAP_SEED).integers(0, len(tiles), (resamples, len(tiles)))
     per_seed, boot = [], np.zeros(resamples)
     for s in seeds:
-        per_seed.append(float(statistic_a(a_runs[s], tiles, whole)[0] - statistic_b(b_runs[s], tiles, whole)[0]))
-        boot += (statistic_a(a_runs[s], tiles, resampled) - statistic_b(b_runs[s], tiles, resampled)) / len(seeds)
-    per_seed = np.array(per_seed)
-    se_tiles = float(np.nanstd(boot, ddof=1))
-    n = len(seeds)
+        per_seed.append(sum(c * float(statistic(runs[s], tiles, whole)[0]) for c, runs, statistic in terms))
+        boot += sum(c * statistic(runs[s], tiles, resampled) for c, runs, statistic in terms) / len(seeds)
+    per_seed, n = np.array(per_seed), len(seeds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NaN statistics (see distance_statistic) stay NaN
+        se_tiles = float(np.nanstd(boot, ddof=1))
+        se_seeds = float(per_seed.std(ddof=1) / np.sqrt(n)) if n > 1 else None
     if n == 1:
         return Difference(float(per_seed[0]), 1, None, None, None, se_tiles)
-    se_seeds = float(per_seed.std(ddof=1) / np.sqrt(n))
     t = t_quantile(n - 1)
     return Difference(float(per_seed.mean()), n, t * se_seeds, t * float(np.hypot(se_seeds, se_tiles)), se_seeds, se_tiles)
 

@@ -21,18 +21,16 @@ of the seed, the epoch and the step alone).
 
 import argparse
 import csv
-import os
 import random
 import signal
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.nn as dist_nn
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -40,9 +38,11 @@ from tqdm import tqdm
 
 import data
 from data import DataError
-from dis2 import ABLATIONS, DIS2, DIS2Config, LAYOUTS, SCENARIOS, ScenarioBatchNorm2d
+from dis2 import ABLATIONS, DIS2, DIS2Config, LAYOUTS, SCENARIOS
+from distributed import leave_distributed, setup_distributed, synchronise_batch_norm
 from evaluate import evaluate_tiles
-from losses import TERMS, dis2_loss, median_frequency_weights
+from losses import RECIPES, TERMS, dis2_loss, median_frequency_weights
+from shaspec import SHASPEC_TERMS, ShaSpec, ShaSpecConfig, shaspec_loss
 from runtime import (
     AMP_HELP,
     CHANNELS_LAST_HELP,
@@ -64,6 +64,13 @@ from runtime import (
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "compile", "amp", "channels_last")
 # Defaults of the flags that set the budget: the paper's sizes.
 BUDGET = dict(epochs=100, batch_size=8, patch=512, samples_per_epoch=2000, width=32)
+# The variants --ablation trains: Table 2's four, and ShaSpec, the comparison method of Table 1 (shaspec.py).
+VARIANTS = (*ABLATIONS, "shaspec")
+# The authors' recipe (--recipe authors, losses.RECIPES): distillation weighted 5 and switched on after
+# their first 6 epochs (`kl_loss_weight = 5.0 if epoch > 5 else 0.0`). Their run length is not in the
+# paper; 6 of the 100 epochs of their script's default is taken as the fraction of the steps.
+AUTHORS_DISTILL_WEIGHT = 5.0
+AUTHORS_DISTILL_START = 0.06
 # Flags of earlier versions that now belong to another command.
 MOVED = {
     **{flag: "python reproduce.py DIR" for flag in ("--reproduce", "--full", "--variants", "--seeds")},
@@ -87,7 +94,11 @@ def training_parser(description="Train DIS2 on ISPRS Vaihingen or Potsdam."):
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     p.add_argument("--width", type=data.positive_int, help="encoder channels at level 1; the transformer (8 x width) and the per-class decoders (width / 2) "
                         "follow it (default: the paper's 32)")
-    p.add_argument("--ablation", choices=tuple(ABLATIONS), default="dis2", help="the variant of Table 2")
+    p.add_argument("--ablation", choices=VARIANTS, default="dis2",
+                   help="the variant of Table 2, or shaspec: ShaSpec on HF's fusion and decoder (Table 1's comparison)")
+    p.add_argument("--recipe", choices=RECIPES, default="paper",
+                   help="paper: Eq. 2-6 and 14 as printed; authors: DLKD as the authors' code computes and weights it "
+                        "(docs/design.md)")
     p.add_argument("--layout", choices=LAYOUTS, default="shared",
                    help="shared: one fusion, classwise attention and decoder for all scenarios; "
                         "per-scenario: one each per scenario, as the authors' code")
@@ -301,14 +312,14 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
         writable_dir(out, "--out")
 
     torch.manual_seed(args.seed)
-    config = DIS2Config(width=args.width, pos_size=args.patch, layout=args.layout, **ABLATIONS[args.ablation])
-    net = DIS2(config).to(device)
+    net = build_model(args).to(device)
+    config = net.config
     extension = schedule_extension(checkpoint, args) if checkpoint is not None else None
     optimizer, scheduler = make_optimizer(net, args, steps_per_epoch, extension)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     class_weights = median_frequency_weights(data.class_frequencies(train_tiles)).to(device)
 
-    state = dict(epoch=0, step_in_epoch=0, global_step=0, best_score=-1.0, epoch_sums={t: 0.0 for t in TERMS})
+    state = dict(epoch=0, step_in_epoch=0, global_step=0, best_score=-1.0, epoch_sums={t: 0.0 for t in loss_terms(args)})
     if checkpoint is not None:
         net.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -333,7 +344,8 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
             format=CHECKPOINT_FORMAT, model=net.state_dict(), optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng_states(),
             state=dict(state, train_seconds=seconds),
-            config=config_dict(config), train_args={k: v for k, v in vars(args).items() if k != "resume"},
+            architecture=type(net).__name__, config=config_dict(config),
+            train_args={k: v for k, v in vars(args).items() if k != "resume"},
             data=str(Path(args.data).resolve()), dataset=dataset,
         )
 
@@ -352,7 +364,7 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
                     f"{state['step_in_epoch']}; continue with: python train.py --resume {out}")
                 return False
             row = validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, amp_dtype) if rank == 0 else None
-            state.update(epoch=state["epoch"] + 1, step_in_epoch=0, epoch_sums={t: 0.0 for t in TERMS})
+            state.update(epoch=state["epoch"] + 1, step_in_epoch=0, epoch_sums={t: 0.0 for t in loss_terms(args)})
             if rank == 0:
                 record_epoch(row, state, args.epochs, out, checkpoint_state())
             if world > 1:
@@ -390,14 +402,40 @@ def record_epoch(row, state, epochs, out, checkpoint):
         save_checkpoint(checkpoint, out / "best.pt")
 
 
+def build_model(args):
+    """The network of --ablation at --width, its positional embeddings sized for --patch."""
+    if args.ablation == "shaspec":
+        return ShaSpec(ShaSpecConfig(width=args.width, pos_size=args.patch))
+    return DIS2(DIS2Config(width=args.width, pos_size=args.patch, layout=args.layout, **ABLATIONS[args.ablation]))
+
+
+def loss_terms(args):
+    return SHASPEC_TERMS if args.ablation == "shaspec" else TERMS
+
+
+def distill_weight(args, step, total_steps):
+    """The weight of L_distill at `step`: 1 in Eq. 14; the authors' 5, and 0 before AUTHORS_DISTILL_START."""
+    if getattr(args, "recipe", "paper") == "paper":
+        return 1.0
+    return AUTHORS_DISTILL_WEIGHT if step >= AUTHORS_DISTILL_START * total_steps else 0.0
+
+
+def objective(args, config, step, total_steps):
+    """The loss of the step: (full output, missing output, target, missing, class weights) -> (total, terms)."""
+    if args.ablation == "shaspec":
+        return lambda *batch: shaspec_loss(*batch, alpha=config.alpha, beta=config.beta)
+    weight = distill_weight(args, step, total_steps)
+    return lambda *batch: dis2_loss(*batch, recipe=getattr(args, "recipe", "paper"), distill_weight=weight)
+
+
 def train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label, missing, class_weights, amp_dtype, world=1,
-               stop=None):
-    """One step of Eq. 14 on the full and one missing scenario. Raises
-    NonFiniteLoss (naming the term) before any weight changes. Returns the
-    loss terms and whether any process asked to stop."""
+               stop=None, loss_fn=None):
+    """One step of Eq. 14 (or of `loss_fn`, see objective) on the full and one
+    missing scenario. Raises NonFiniteLoss (naming the term) before any weight
+    changes. Returns the loss terms and whether any process asked to stop."""
     with torch.autocast(rgir.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         out = model(rgir, ndsm, scenarios=("full", f"missing_{missing}"))
-    loss, terms = dis2_loss(out["full"], out[f"missing_{missing}"], label, missing, class_weights)
+    loss, terms = (loss_fn or dis2_loss)(out["full"], out[f"missing_{missing}"], label, missing, class_weights)
     # Every process must agree before the backward pass (it all-reduces gradients).
     flags = torch.tensor([0.0 if torch.isfinite(loss) else 1.0, 1.0 if stop and stop.signal else 0.0], device=rgir.device)
     if world > 1:
@@ -429,8 +467,9 @@ def train_epoch(model, optimizer, scheduler, scaler, patches, class_weights, arg
         rgir, ndsm, label = (x.to(device, non_blocking=True) for x in (rgir, ndsm, label))
         if args.channels_last:
             rgir, ndsm = (x.contiguous(memory_format=torch.channels_last) for x in (rgir, ndsm))
+        loss_fn = objective(args, unwrapped(model).config, state["global_step"], args.epochs * steps_per_epoch)
         terms, stopping = train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label, missing, class_weights,
-                                     amp_dtype, world, stop)
+                                     amp_dtype, world, stop, loss_fn)
         values = torch.stack(list(terms.values())).detach()
         if world > 1:
             dist.all_reduce(values)
@@ -443,6 +482,12 @@ def train_epoch(model, optimizer, scheduler, scaler, patches, class_weights, arg
         if stopping:
             return True
     return False
+
+
+def unwrapped(model):
+    """The network inside torch.compile and DistributedDataParallel wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
 
 
 def epoch_loader(patches, state, batch_size, steps_per_epoch, rank, world, workers, device):
@@ -459,87 +504,7 @@ def epoch_loader(patches, state, batch_size, steps_per_epoch, rank, world, worke
 
 
 # -----------------------------------------------------------------------------
-# Several processes (torchrun) and speed
-
-
-def setup_distributed(device):
-    """Under torchrun (RANK, LOCAL_RANK and WORLD_SIZE set): one process per GPU
-    with NCCL, or per CPU worker with Gloo. Returns (device, rank, world size)."""
-    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
-        return device, 0, 1
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
-    return device, dist.get_rank(), dist.get_world_size()
-
-
-def leave_distributed():
-    """Waits for every process, then tears the process group down. The
-    barrier's work object is held until after the teardown: if a Gloo worker
-    thread dropped it last, it would need the GIL while the teardown, holding
-    the GIL, joins that thread (a deadlock at exit seen with torch 2.13)."""
-    barrier = dist.barrier(async_op=True)
-    barrier.wait()
-    dist.destroy_process_group()
-    del barrier
-
-
-def synchronised_batch_norm(x, running_mean, running_var, weight, bias, momentum, eps):
-    """Batch norm in training whose statistics cover the global batch of all
-    processes: the per-channel sums are all-reduced with autograd, so the
-    backward pass is synchronised too. Updates the running statistics."""
-    C = x.shape[1]
-    xf = x.float()
-    local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), xf.new_full((1,), x.numel() / C)])
-    total = dist_nn.all_reduce(local)
-    count = total[-1]
-    mean = total[:C] / count
-    var = total[C : 2 * C] / count - mean * mean
-    with torch.no_grad():
-        running_mean.lerp_(mean, momentum)
-        running_var.lerp_(var * count / (count - 1), momentum)
-    scale = (weight * torch.rsqrt(var + eps)).view(1, C, 1, 1)
-    return ((xf - mean.view(1, C, 1, 1)) * scale + bias.view(1, C, 1, 1)).to(x.dtype)
-
-
-class CPUSyncBatchNorm(nn.BatchNorm2d):
-    """Batch norm synchronised over several CPU processes (Gloo): torch's
-    SyncBatchNorm runs on GPUs only."""
-
-    def forward(self, x):
-        if not self.training:
-            return super().forward(x)
-        self.num_batches_tracked += 1
-        return synchronised_batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                       self.momentum, self.eps)
-
-
-class SyncScenarioBatchNorm2d(ScenarioBatchNorm2d):
-    """ScenarioBatchNorm2d synchronised over several processes (CPU or CUDA):
-    each scenario's statistics cover that scenario's global batch."""
-
-    def forward(self, x):
-        if not self.training:
-            return super().forward(x)
-        return synchronised_batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                       self.momentum, self.eps)
-
-
-def synchronise_batch_norm(module, plain=True):
-    """Replaces every ScenarioBatchNorm2d by a SyncScenarioBatchNorm2d and,
-    with `plain`, every BatchNorm2d by a CPUSyncBatchNorm, with the same state."""
-    for name, child in module.named_children():
-        if isinstance(child, ScenarioBatchNorm2d):
-            synced = SyncScenarioBatchNorm2d(child.weight.numel(), child.scenarios, child.momentum, child.eps)
-        elif plain and isinstance(child, nn.BatchNorm2d):
-            synced = CPUSyncBatchNorm(child.num_features, child.eps, child.momentum)
-        else:
-            synchronise_batch_norm(child, plain)
-            continue
-        synced.load_state_dict(child.state_dict())
-        setattr(module, name, synced.to(child.weight.device))
-    return module
+# Several processes (torchrun)
 
 
 def wrap_model(net, device, world, compile_model=False, channels_last=None):
@@ -577,7 +542,7 @@ def epoch_row(state, scheduler, results, score, steps_per_epoch):
 
 
 def epoch_line(row, epochs):
-    terms = " ".join(f"{name} {row[name]:.3f}" for name in TERMS)
+    terms = " ".join(f"{name} {row[name]:.3f}" for name in row if name in (*TERMS, *SHASPEC_TERMS))
     val = " ".join(f"{s} {row[f'val_{s}_mF1'] or 0:.1f}" for s in SCENARIOS)
     return f"epoch {row['epoch']}/{epochs} loss {row['loss']:.3f} ({terms}) | val mF1: {val} | score {row['val_score']:.2f}"
 

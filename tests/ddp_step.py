@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 import data
+import distributed
 import train
 from dis2 import DIS2, DIS2Config
 
@@ -23,7 +24,7 @@ def tiles():
 
 
 def main(out_path, missing):
-    device, rank, world = train.setup_distributed(torch.device("cpu"))
+    device, rank, world = distributed.setup_distributed(torch.device("cpu"))
     torch.manual_seed(0)
     net = DIS2(DIS2Config(width=4, embed_dim=16, heads=2, depth=1, class_width=2, pos_size=PATCH))
     model = train.wrap_model(net, device, world)
@@ -43,4 +44,4 @@ def main(out_path, missing):
 
 if __name__ == "__main__":
     if main(sys.argv[1], sys.argv[2]) > 1:
-        train.leave_distributed()  # after main's DDP model is gone, as train.main does
+        distributed.leave_distributed()  # after main's DDP model is gone, as train.main does

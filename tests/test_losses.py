@@ -261,3 +261,53 @@ def test_distillation_sends_no_gradient_to_the_full_scenario():
     rgir_dist_grad = model.encoders["rgir_dist"].levels[0][0][0].weight.grad
     assert rgir_dist_grad is None or not rgir_dist_grad.any()
     assert math.isfinite(terms["distill_feat"].item())
+
+
+# ----------------------------------------------------------- the authors' recipe
+
+
+def test_authors_feature_distillation_is_the_mse_of_unit_vectors():
+    """Their l2_kd_loss: pooled (B, D) vectors and Z (B, C, H, W) per pixel scaled to unit norm."""
+    pooled_s, pooled_t = rng.normal(size=(3, 5)), rng.normal(size=(3, 5))
+    z_s, z_t = rng.normal(size=(2, 4, 3, 3)), rng.normal(size=(2, 4, 3, 3))
+    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
+    expected = np.mean((unit(pooled_s) - unit(pooled_t)) ** 2) + np.mean((unit(z_s) - unit(z_t)) ** 2)
+    loss = feature_distillation_loss([t(pooled_s), t(z_s)], [t(pooled_t), t(z_t)], normalise=True)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # A rescaled student changes nothing once normalised.
+    scaled = feature_distillation_loss([t(3 * pooled_s), t(0.5 * z_s)], [t(pooled_t), t(z_t)], normalise=True)
+    assert scaled.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_authors_logit_distillation_is_their_kl_div_mean():
+    """F.kl_div(log q_miss, p_full, reduction="mean") * T^2, as their DLKD_ver4.py computes it: the
+    paper's KL divided by the number of classes."""
+    zs, zt, T = rng.normal(size=(2, 6, 3, 5)), rng.normal(size=(2, 6, 3, 5)), 2.0
+    p_t, p_s = softmax_np(zt / T, 1), softmax_np(zs / T, 1)
+    expected = T**2 * np.mean(p_t * (np.log(p_t) - np.log(p_s)))  # the mean over every element
+    loss = logit_distillation_loss(t(zs), t(zt), temperature=T, class_mean=True)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert loss.item() == pytest.approx(logit_distillation_loss(t(zs), t(zt), temperature=T).item() / 6, rel=1e-5)
+
+
+@pytest.mark.parametrize("weight", [0.0, 5.0])
+def test_authors_recipe_puts_the_pieces_together(weight):
+    """Orthogonal loss on the first 3 levels, normalised feature and class-mean logit
+    distillation, the distillation weighted; everything else as the paper's recipe."""
+    _, full, miss, target = model_outputs("rgir")
+    total, terms = dis2_loss(full, miss, target, "rgir", recipe="authors", distill_weight=weight)
+    _, paper = dis2_loss(full, miss, target, "rgir")
+    dist, supp = miss.branch_pooled["ndsm_dist"], miss.branch_pooled["ndsm_supp"]
+    cos2 = lambda a, b: np.mean((np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)) ** 2)
+    expected_orth = sum(cos2(a.detach().numpy(), b.detach().numpy()) for a, b in zip(dist[:3], supp[:3]))
+    assert len(dist) == 4 and terms["orth"].item() == pytest.approx(expected_orth, rel=1e-5)
+    assert terms["distill_feat"].item() == pytest.approx(feature_distillation_loss(
+        [*miss.fused_pooled, miss.z], [*full.fused_pooled, full.z], normalise=True).item(), rel=1e-5)
+    assert terms["distill_logit"].item() == pytest.approx(paper["distill_logit"].item() / 6, rel=1e-5)
+    for name in ("seg_full", "seg_miss", "uni_rgir", "uni_ndsm", "aux"):
+        assert terms[name].item() == pytest.approx(paper[name].item(), rel=1e-6), name
+    others = sum(terms[n].item() for n in ("seg_full", "seg_miss", "orth", "uni_rgir", "uni_ndsm", "aux"))
+    distill = terms["distill_feat"].item() + terms["distill_logit"].item()
+    assert total.item() == pytest.approx(others + weight * distill, rel=1e-5)
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        dis2_loss(full, miss, target, "rgir", recipe="theirs")

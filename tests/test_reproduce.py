@@ -27,25 +27,34 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
         for seed in (0, 1):
             run = out / "runs" / variant / f"seed{seed}"
             assert (run / "best.pt").is_file() and (run / "test.json").is_file()
-            config = runtime.load_checkpoint(run / "best.pt")["config"]
-            assert config["layout"] == settings["layout"] and runtime.load_checkpoint(run / "best.pt")["train_args"]["seed"] == seed
+            checkpoint = runtime.load_checkpoint(run / "best.pt")
+            assert checkpoint["train_args"]["ablation"] == settings["ablation"]
+            assert checkpoint["train_args"]["layout"] == settings["layout"] and checkpoint["train_args"]["seed"] == seed
+            assert checkpoint["train_args"]["recipe"] == settings.get("recipe", "paper")
+            assert runtime.load_checkpoint(run / "last.pt")["state"]["epoch"] == settings.get("budget", 1)  # TOY: 1 epoch
             seconds = json.loads((run / "test.json").read_text())["train_seconds"]
             assert seconds > 0 and seconds == runtime.load_checkpoint(run / "last.pt")["state"]["train_seconds"]
 
     tables = (out / "tables.md").read_text()
     for heading in ("## Table 1 analogue", "## Table 2 analogue", "## Paired differences against HF",
-                    "## The two DIS2 layouts", "## Table 3 analogue", "## Training: has the loss flattened?", "## The paper's claims"):
+                    "## The two DIS2 layouts", "## What moves the margin", "## Table 1's comparison",
+                    "## Table 3 analogue", "## Training: has the loss flattened?", "## The paper's claims"):
         assert tables.count(heading) == 1, heading
     table2 = tables.split("## Table 2 analogue")[1].split("## Paired")[0]
     for name in reproduce.VARIANT_NAMES.values():
         assert table2.count(f"| {name} (2 seeds) |") == 3, name  # one row per scenario
         assert " ± " in table2
     paired = tables.split("## Paired differences")[1].split("## The two DIS2 layouts")[0]
-    assert paired.count("(n=2)") == 3 * 4 * 2  # every scenario, every variant but HF, both clutter protocols
-    layouts = tables.split("## The two DIS2 layouts")[1].split("## Table 3")[0]
+    against_hf = [v for v in reproduce.REPRODUCTION if reproduce.baseline(v) == "hf"]
+    assert len(against_hf) == 6 and paired.count("(n=2)") == 3 * 6 * 2  # every scenario, both clutter protocols
+    layouts = tables.split("## The two DIS2 layouts")[1].split("## What moves the margin")[0]
     assert layouts.count("(n=2)") == 3 * 2  # one row per scenario, both protocols
     claims = [line for line in tables.split("## The paper's claims")[1].splitlines() if line.startswith("- ")]
-    assert len(claims) == 7  # beats HF and shrinks the distance (two layouts each), hardest scenario (three variants)
+    assert len(claims) == 8  # beats HF and shrinks the distance (two layouts each), beats ShaSpec, hardest (three)
+    margins = tables.split("## What moves the margin")[1].split("## Table 1's comparison")[0]
+    assert margins.count("(n=2)") == len(reproduce.MARGINS) * 2 * 2  # two missing scenarios, two protocols
+    shaspec = tables.split("## Table 1's comparison: DIS2 minus ShaSpec")[1].split("## Table 3")[0]
+    assert shaspec.count("(n=2)") == 3 * 2
     assert all(any(f"**{o}**" in c for o in ("holds", "does not hold", "not resolved")) for c in claims)
 
     results = json.loads((out / "results.json").read_text())
@@ -57,7 +66,8 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
     difference = results["differences"]["vs_hf"]["ignored"]["missing_rgir"]["dis2"]
     assert difference["n"] == 2 and difference["ci95_seeds_and_tiles"] >= difference["ci95_seeds"] >= 0
     assert all(set(run["scores"]) == set(SCENARIOS) for runs in results["runs"].values() for run in runs.values())
-    assert all(len(curve) == 1 for runs in results["training_curves"].values() for curve in runs.values())  # one epoch
+    assert all(len(curve) == reproduce.REPRODUCTION[v].get("budget", 1)  # one epoch per budget
+               for v, runs in results["training_curves"].items() for curve in runs.values())
 
     H, W = test_tiles[0].label.shape
     # grid_image: a 150 px label column, a 28 px header, 6 px gaps; cells resized to a fixed height
@@ -82,7 +92,7 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
     capsys.readouterr()
     reproduce.main([str(out), "--data", str(root), "--seeds", "2", *TOY])
     printed = capsys.readouterr().out
-    assert printed.count("trained and scored already") == 9
+    assert printed.count("trained and scored already") == 2 * len(reproduce.REPRODUCTION) - 1
     assert (out / "runs" / "hf+cw" / "seed1" / "test.json").is_file()
 
 
@@ -127,13 +137,13 @@ def test_a_calibration_run_trains_only_the_variants_asked_for(tmp_path, capsys):
     synth.synthesize(root, dataset="vaihingen", tiles=4, size=64, seed=1)
     reproduce.main([str(out), "--data", str(root), "--variants", "hf", *TOY])
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["hf"]
-    assert sorted(p.name for p in (out / "runs" / "hf").iterdir()) == ["seed0", "seed1", "seed2"]
+    assert sorted(p.name for p in (out / "runs" / "hf").iterdir()) == [f"seed{k}" for k in range(5)]
     tables = (out / "tables.md").read_text()
-    assert "## Table 1 analogue" not in tables and "| Hierarchical Fusion (HF) (3 seeds) |" in tables
+    assert "## Table 1 analogue" not in tables and "| Hierarchical Fusion (HF) (5 seeds) |" in tables
     capsys.readouterr()
     hf_calibration.main([str(out)])  # the calibration rule, checked on these runs
     printed = capsys.readouterr().out
-    assert "HF, 3 seeds (seed0, seed1, seed2)" in printed
+    assert "HF, 5 seeds (seed0, seed1, seed2, seed3, seed4)" in printed
     assert sum(line.startswith(("holds: ", "DOES NOT HOLD: ")) for line in printed.splitlines()) == 3
 
 

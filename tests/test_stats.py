@@ -146,7 +146,8 @@ def test_tables_show_both_protocols_and_the_layout_comparison():
     shared = {s: fake_run({"full": 5, "missing_rgir": 40 + s, "missing_ndsm": 20 + s}, 0.5) for s in range(3)}
     per_scenario = {s: fake_run({"full": 5, "missing_rgir": 40 + s, "missing_ndsm": 40 + 2 * s}, 0.5) for s in range(3)}
     tables = reproduce.tables_markdown({"hf": hf, "dis2": shared, "dis2-per-scenario": per_scenario}, {}, "toy")
-    rows = [line.split(" | ") for line in tables.split("## The two DIS2 layouts")[1].split("## Table 3")[0].splitlines()
+    layouts = tables.split("## The two DIS2 layouts")[1].split("\n## ")[0]
+    rows = [line.split(" | ") for line in layouts.splitlines()
             if line.startswith("| ") and "(n=3)" in line]
     assert [(row[2], row[4]) for row in rows] == [("not resolved", "not resolved"), ("not resolved", "not resolved"),
                                                   ("shared better", "shared better")]

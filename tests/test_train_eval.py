@@ -19,6 +19,7 @@ from PIL import Image
 
 import data
 import evaluate
+import predict
 import runtime
 import train
 
@@ -391,3 +392,45 @@ def test_existing_run_is_not_overwritten(dataset, trained_run):
 def test_cuda_requested_without_cuda(trained_run):
     assert_one_line_error(run_script("evaluate.py", "--checkpoint", str(trained_run / "best.pt"), "--device", "cuda"),
                           "--device cuda")
+
+
+# ------------------------------------------------- the authors' recipe, ShaSpec
+
+
+def test_authors_recipe_switches_distillation_on_after_six_percent_of_the_steps():
+    paper, authors = types.SimpleNamespace(recipe="paper"), types.SimpleNamespace(recipe="authors")
+    assert [train.distill_weight(paper, step, 2000) for step in (0, 119, 120, 1999)] == [1.0] * 4
+    assert [train.distill_weight(authors, step, 2000) for step in (0, 119, 120, 1999)] == [0.0, 0.0, 5.0, 5.0]
+
+
+def test_training_passes_the_recipe_and_its_weight_to_the_loss(dataset, tmp_path, monkeypatch):
+    """In train mode, on the batches train.py builds: the authors' recipe reaches dis2_loss with
+    weight 0 for the first 6% of the steps and 5 after (3 steps per epoch, 6 epochs: 6% of 18 steps
+    is 1.08, so steps 0 and 1 train without distillation)."""
+    seen, real_loss = [], train.dis2_loss
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs["recipe"], kwargs["distill_weight"]))
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train, "dis2_loss", recording)
+    train.main(["--data", str(dataset), "--epochs", "6", "--out", str(tmp_path / "run"), "--recipe", "authors", *TINY_RUN])
+    assert seen == [("authors", 0.0)] * 2 + [("authors", 5.0)] * 16
+    assert runtime.load_checkpoint(tmp_path / "run" / "last.pt")["train_args"]["recipe"] == "authors"
+
+
+def test_shaspec_trains_evaluates_and_predicts_through_the_same_commands(dataset, tmp_path):
+    out = tmp_path / "shaspec"
+    train.main(["--data", str(dataset), "--epochs", "1", "--out", str(out), "--ablation", "shaspec", *TINY_RUN])
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert {"seg_full", "seg_miss", "align", "domain"} <= set(rows[0]) and "orth" not in rows[0]
+    checkpoint = runtime.load_checkpoint(out / "best.pt")
+    assert checkpoint["architecture"] == "ShaSpec"
+    assert type(runtime.model_from_checkpoint(checkpoint, torch.device("cpu"))).__name__ == "ShaSpec"
+    report_path = tmp_path / "scores.json"
+    evaluate.main(["--checkpoint", str(out / "best.pt"), "--json", str(report_path), "--feature-distance"])
+    assert list(json.loads(report_path.read_text())["scenarios"]) == ["full", "missing_rgir", "missing_ndsm"]
+    tile = data.load_split(dataset, "test")[0]
+    tifffile.imwrite(tmp_path / "area.tif", tile.rgir, photometric="rgb")
+    predict.main(["--out", str(tmp_path / "maps"), "--rgir", str(tmp_path / "area.tif"), "--checkpoint", str(out / "best.pt")])
+    assert tifffile.imread(tmp_path / "maps" / "area_labels.tif").shape == tile.label.shape
