@@ -290,7 +290,7 @@ def spread(values):
 
 def mean_std(values, digits=2):
     """'mean ± std' over seeds, or the single value, or '-' when there is none."""
-    values = [v for v in values if v is not None and not np.isnan(v)]
+    values = [v for v in values if v is not None and np.isfinite(v)]
     if not values:
         return "-"
     mean, std = spread(values)

@@ -113,8 +113,9 @@ def distance_statistic(pair, relative):
         windows = np.array([run["per_tile"][t]["windows"] for t in tiles], np.float64)
         distance = np.array([run["per_tile"][t]["feature_distance"][name] for t in tiles]) * windows
         scale = np.array([run["per_tile"][t]["feature_distance"]["z_full"] for t in tiles]) * windows
+        denominator = (scale if relative else windows)[index].sum(1)
         with np.errstate(divide="ignore", invalid="ignore"):  # an untrained model's Z may be all 0: NaN
-            return distance[index].sum(1) / (scale if relative else windows)[index].sum(1)
+            return np.where(denominator > 0, distance[index].sum(1) / denominator, np.nan)
 
     return statistic
 
