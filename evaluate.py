@@ -15,7 +15,6 @@ beside them, as is usual for ISPRS), and the overall accuracy over every
 labelled pixel.
 """
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -28,20 +27,7 @@ from tqdm import tqdm
 import data
 from data import CLASSES, IGNORE_INDEX, DataError
 from dis2 import SCENARIOS
-from runtime import (
-    AMP_HELP,
-    CHANNELS_LAST_HELP,
-    PRECISIONS,
-    autocast_dtype,
-    check_isprs_classes,
-    latest_checkpoint,
-    load_checkpoint,
-    model_from_checkpoint,
-    resolve_device,
-    use_channels_last,
-    windows_of,
-    writable_dir,
-)
+from runtime import add_inference_flags, inference_setup, model_from_checkpoint, use_channels_last, writable_dir
 
 SCORED = CLASSES[:5]  # averaged into mF1 and mIoU, as in the paper
 ROW_NAMES = {"full": "Full Modality", "missing_rgir": "Missing RGIR - Only NDSM", "missing_ndsm": "Missing NDSM - Only RGIR"}
@@ -221,7 +207,6 @@ def distance_table(distances):
 
 def parse_args(argv=None):
     p = data.ArgumentParser(description="Evaluate a DIS2 checkpoint in the paper's scenarios (Table 1).")
-    p.add_argument("--checkpoint", help="checkpoint file (default: best.pt of the most recent run under runs/)")
     p.add_argument("--data", help="ISPRS data directory (default: the one stored in the checkpoint)")
     p.add_argument("--split", choices=("test", "val"), default="test")
     p.add_argument("--missing", choices=("none", "rgir", "ndsm", "all"), default="all",
@@ -231,13 +216,7 @@ def parse_args(argv=None):
     p.add_argument("--json", metavar="PATH", help="write the scores as JSON")
     p.add_argument("--feature-distance", action="store_true",
                    help="also report the paper's Table 3: L2 distance between the features Z of the scenarios")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--amp", choices=tuple(PRECISIONS), help=AMP_HELP)
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help=CHANNELS_LAST_HELP)
-    p.add_argument("--batch-size", type=data.positive_int, default=4, help="windows per forward pass")
-    p.add_argument("--patch", type=data.positive_int, help="side of the sliding windows, a multiple of 16 (default: the training patch)")
-    p.add_argument("--overlap", type=int, help="overlap of adjacent windows in pixels (default: a quarter window)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    add_inference_flags(p)
     data.refuse_moved(argv, MOVED)
     return p.parse_args(argv)
 
@@ -248,12 +227,7 @@ def chosen_scenarios(missing):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = resolve_device(args.device)
-    amp_dtype = autocast_dtype(device, args.amp)
-    args.channels_last = use_channels_last(device, args.channels_last)
-    checkpoint_path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint()
-    checkpoint = check_isprs_classes(load_checkpoint(checkpoint_path), checkpoint_path)
-    window, overlap = windows_of(args, checkpoint)
+    device, amp_dtype, checkpoint_path, checkpoint, window, overlap = inference_setup(args)
     save_dir = writable_dir(args.save_predictions, "--save-predictions") if args.save_predictions else None
     if args.json:
         writable_dir(Path(args.json).parent, "--json")

@@ -32,20 +32,7 @@ import data
 import raster
 from data import DataError
 from dis2 import SCENARIOS, upsample
-from runtime import (
-    AMP_HELP,
-    CHANNELS_LAST_HELP,
-    PRECISIONS,
-    autocast_dtype,
-    check_isprs_classes,
-    latest_checkpoint,
-    load_checkpoint,
-    model_from_checkpoint,
-    resolve_device,
-    use_channels_last,
-    windows_of,
-    writable_dir,
-)
+from runtime import add_inference_flags, inference_setup, model_from_checkpoint, use_channels_last, writable_dir
 
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -411,7 +398,6 @@ def parse_args(argv=None):
     p.add_argument("--ndsm-nodata", type=float, metavar="VALUE",
                    help="the NDSM value of pixels without data, e.g. -9999 (default: the file's GDAL_NODATA tag; "
                         "alpha 0, a mask and NaN count too)")
-    p.add_argument("--checkpoint", help="checkpoint file (default: best.pt of the most recent run under runs/)")
     p.add_argument("--colour", action="store_true", help="labels in the ISPRS palette colours instead of class ids")
     p.add_argument("--probabilities", action="store_true",
                    help="also write <name>_probabilities.tif: per-class probabilities, uint8 0-255, a band per class")
@@ -421,24 +407,13 @@ def parse_args(argv=None):
     p.add_argument("--scenario-map", action="store_true",
                    help="also write <name>_scenario.tif: the scenario each pixel was predicted in, 0 full, "
                         "1 missing RGIR, 2 missing NDSM, 255 neither modality has data")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--amp", choices=tuple(PRECISIONS), help=AMP_HELP)
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help=CHANNELS_LAST_HELP)
-    p.add_argument("--batch-size", type=data.positive_int, default=4, help="windows per forward pass")
-    p.add_argument("--patch", type=data.positive_int, help="side of the sliding windows, a multiple of 16 (default: the training patch)")
-    p.add_argument("--overlap", type=int, help="overlap of adjacent windows in pixels (default: a quarter window)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    add_inference_flags(p)
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    device = resolve_device(args.device)
-    amp_dtype = autocast_dtype(device, args.amp)
-    args.channels_last = use_channels_last(device, args.channels_last)
-    checkpoint_path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint()
-    checkpoint = check_isprs_classes(load_checkpoint(checkpoint_path), checkpoint_path)
-    window, overlap = windows_of(args, checkpoint)
+    device, amp_dtype, _, checkpoint, window, overlap = inference_setup(args)
     predict(args, checkpoint, window, overlap, device, amp_dtype)
 
 

@@ -4,13 +4,14 @@ and checkpoints (written atomically, read with a one-line error for a wrong
 file, turned back into a model).
 """
 
+import argparse
 import os
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-from data import CLASSES, DataError
+from data import CLASSES, DataError, positive_int
 from dis2 import DIS2, DIS2Config, STRIDE
 from shaspec import ShaSpec, ShaSpecConfig
 
@@ -106,6 +107,29 @@ def load_checkpoint(path):
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path}: not a DIS2 checkpoint (no '{CHECKPOINT_FORMAT}' marker); pass a .pt file written by train.py")
     return checkpoint
+
+
+def add_inference_flags(p):
+    """The flags evaluate.py and predict.py share: the checkpoint, the device and precision, and the sliding windows."""
+    p.add_argument("--checkpoint", help="checkpoint file (default: best.pt of the most recent run under runs/)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--amp", choices=tuple(PRECISIONS), help=AMP_HELP)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help=CHANNELS_LAST_HELP)
+    p.add_argument("--batch-size", type=positive_int, default=4, help="windows per forward pass")
+    p.add_argument("--patch", type=positive_int, help="side of the sliding windows, a multiple of 16 (default: the training patch)")
+    p.add_argument("--overlap", type=int, help="overlap of adjacent windows in pixels (default: a quarter window)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+
+def inference_setup(args):
+    """What add_inference_flags' flags resolve to: (device, autocast dtype, checkpoint path, checkpoint,
+    window, overlap); sets args.channels_last for the device. The checkpoint must predict the ISPRS classes."""
+    device = resolve_device(args.device)
+    amp_dtype = autocast_dtype(device, args.amp)
+    args.channels_last = use_channels_last(device, args.channels_last)
+    checkpoint_path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint()
+    checkpoint = check_isprs_classes(load_checkpoint(checkpoint_path), checkpoint_path)
+    return (device, amp_dtype, checkpoint_path, checkpoint, *windows_of(args, checkpoint))
 
 
 def check_isprs_classes(checkpoint, path):
