@@ -88,11 +88,18 @@ def count_flops(step):
 
 def matmul_rate(device, dtype=torch.float32):
     """GFLOP/s of a large square matrix product: what the machine's matrix
-    units deliver, the yardstick for a step's achieved GFLOP/s."""
-    n = 4096 if device.type == "cuda" else 2048  # large enough for the peak rate; on CPU about 0.1 s a product
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    seconds = measure(lambda: torch.mm(a, b), 1, device, BENCHMARK_WARMUP, repeats=5)["step_s_median"]
-    return 2 * n**3 / seconds / 1e9
+    units deliver, the yardstick for a step's achieved GFLOP/s. The side doubles
+    from 256 until one product takes 0.1 s, up to 4096 on CUDA and 2048 on CPU:
+    large enough for the peak rate of real matrix units, and quick where a CPU
+    without bf16 or fp16 units emulates them (about 1 GFLOP/s, where a 2048
+    product would take a minute)."""
+    largest, n = (4096 if device.type == "cuda" else 2048), 256
+    while True:
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        seconds = measure(lambda: torch.mm(a, b), 1, device, BENCHMARK_WARMUP, repeats=5)["step_s_median"]
+        if seconds >= 0.1 or n >= largest:
+            return 2 * n**3 / seconds / 1e9
+        n *= 2
 
 
 def report_benchmark(what, result, flops, args, device, amp_dtype, **extra):
