@@ -152,13 +152,13 @@ def training_benchmark(args, device, amp_dtype):
     """Runs self_check, then times training steps on random inputs: full plus
     one missing scenario, every term of Eq. 14, backward and optimiser step,
     as training runs them. Exits with status 1 when the self-check failed."""
-    config = build_model(args).config
     checked = self_check(args, device)
     failed = [name for name, outcome in checked.items() if outcome != "ok"]
     if args.amp in failed:
         sys.exit(1)  # the self-check's line says what failed; the timing would fail the same way
     torch.manual_seed(args.seed)
     net = build_model(args).to(device)
+    config = net.config
     model = wrap_model(net, device, 1, args.compile, args.channels_last)
     loss_fn = objective(args, config, step=1, total_steps=1)  # past any warm-up: every term counts
     optimizer, scheduler = make_optimizer(net, args, steps_per_epoch=args.repeats + BENCHMARK_WARMUP)

@@ -151,10 +151,7 @@ def evaluate_tiles(model, tiles, scenarios, window, overlap, batch_size, device,
             for key, (total, count) in tile_distances.items():
                 distances[key][0] += total
                 distances[key][1] += count
-    mean_distance = {key: total / max(count, 1) for key, (total, count) in distances.items() if key != "z_full"} \
-        if feature_distance else None
-    if mean_distance is not None and "z_full" in distances:
-        mean_distance["z_full"] = distances["z_full"][0] / max(distances["z_full"][1], 1)
+    mean_distance = {key: total / max(count, 1) for key, (total, count) in distances.items()} if feature_distance else None
     return {s: scores(c) for s, c in confusion.items()}, mean_distance, per_tile
 
 

@@ -368,44 +368,42 @@ def comparisons_json(found):
     return convert(found)
 
 
+def shown(difference, digits=2):
+    return "-" if difference is None else difference.show(digits)
+
+
+def claim(differences, direction, digits=2):
+    """(outcome, evidence) of a claim resting on `differences` ({label: Difference}), each to be resolved in `direction`."""
+    return (stats.claim_outcome(differences.values(), direction),
+            "; ".join(f"{label}: {shown(d, digits)}" for label, d in differences.items()))
+
+
 def claims(results, found):
-    """The paper's three claims, each (statement, {protocol: (outcome, evidence)}), the outcome
-    "holds", "does not hold" (the opposite is resolved) or "not resolved". Claim 2 is about
-    features, not labels: the same under both protocols."""
+    """The paper's three claims, and Table 1's against ShaSpec, each (statement, {protocol:
+    (outcome, evidence)}), the outcome "holds", "does not hold" (the opposite is resolved) or
+    "not resolved". Claim 2 is about features, not labels: the same under both protocols."""
     found_claims = []
-    show = lambda d, digits=2: "-" if d is None else d.show(digits)
+    by_scenario = lambda differences: {SHORT_NAMES[s]: d for s, d in differences.items()}
     for variant in ("dis2", "dis2-per-scenario"):
         if variant in results and "hf" in results:
-            outcome = {}
-            for protocol in stats.PROTOCOLS:
-                gains = {s: found["vs_hf"][protocol][s][variant] for s in ("missing_rgir", "missing_ndsm")}
-                outcome[protocol] = (stats.claim_outcome(gains.values(), "above"),
-                                     "; ".join(f"{SHORT_NAMES[s]}: {show(d)}" for s, d in gains.items()))
+            outcome = {p: claim(by_scenario({s: found["vs_hf"][p][s][variant] for s in ("missing_rgir", "missing_ndsm")}),
+                                "above") for p in stats.PROTOCOLS}
             found_claims.append((f"{VARIANT_NAMES[variant]} beats HF in both missing scenarios (paired mF1 difference)", outcome))
     for variant in ("dis2", "dis2-per-scenario"):
         if variant in results and "hf" in results:
-            shrink = {pair: found["distance"][pair][variant]["relative"] for pair in DISTANCE_PAIRS[:2]}
-            outcome = (stats.claim_outcome(shrink.values(), "below"),
-                       "; ".join(f"{SHORT_NAMES[a]} vs {SHORT_NAMES[b]}: {show(d, 4)}" for (a, b), d in shrink.items()))
+            shrink = claim({f"{SHORT_NAMES[a]} vs {SHORT_NAMES[b]}": found["distance"][(a, b)][variant]["relative"]
+                            for a, b in DISTANCE_PAIRS[:2]}, "below", digits=4)
             found_claims.append((f"distillation shrinks the full-vs-missing distance of Z relative to the norm of the full "
-                                 f"scenario's Z ({VARIANT_NAMES[variant]} minus HF < 0)", {p: outcome for p in stats.PROTOCOLS}))
+                                 f"scenario's Z ({VARIANT_NAMES[variant]} minus HF < 0)", {p: shrink for p in stats.PROTOCOLS}))
     if found["shaspec"]:
-        outcome = {}
-        for protocol in stats.PROTOCOLS:
-            gains = found["shaspec"][protocol]
-            outcome[protocol] = (stats.claim_outcome(gains.values(), "above"),
-                                 "; ".join(f"{SHORT_NAMES[s]}: {show(d)}" for s, d in gains.items()))
         paper = ", ".join(f"{g:+.2f}" for g in SHASPEC_PAPER.values())
-        found_claims.append((f"DIS2 beats ShaSpec in all three scenarios (paper: {paper} mF1 on Vaihingen)", outcome))
+        found_claims.append((f"DIS2 beats ShaSpec in all three scenarios (paper: {paper} mF1 on Vaihingen)",
+                             {p: claim(by_scenario(found["shaspec"][p]), "above") for p in stats.PROTOCOLS}))
     for variant in ("dis2", "dis2-per-scenario", "hf"):
         if variant in results:
-            outcome = {}
-            for protocol in stats.PROTOCOLS:
-                margins = found["hardest"][protocol][variant]
-                outcome[protocol] = (stats.claim_outcome(margins.values(), "above"),
-                                     "; ".join(f"{SHORT_NAMES[s]}: {show(d)}" for s, d in margins.items()))
             found_claims.append((f"missing RGIR is the hardest scenario for {VARIANT_NAMES[variant]} "
-                                 f"(the others' mF1 minus missing RGIR's > 0)", outcome))
+                                 f"(the others' mF1 minus missing RGIR's > 0)",
+                                 {p: claim(by_scenario(found["hardest"][p][variant]), "above") for p in stats.PROTOCOLS}))
     return found_claims
 
 
@@ -437,11 +435,10 @@ def tables_markdown(results, training, title, found=None):
     parts += ["## Table 2 analogue: the ablation (F1 %)", "", markdown_table(header, rows), ""]
 
     delta_header = [f"Δ {c}" for c in COLUMN_NAMES]
-    show = lambda d, digits=2: "-" if d is None else d.show(digits)
     verdict = lambda d, names: names.get("not resolved" if d is None else d.verdict, "not resolved")
     if found["vs_hf"]:
         rows = [[ROW_NAMES[s], VARIANT_NAMES[v], *(x for p in stats.PROTOCOLS for x in (
-                    show(found["vs_hf"][p][s][v]), verdict(found["vs_hf"][p][s][v], OUTCOMES_VS_HF))),
+                    shown(found["vs_hf"][p][s][v]), verdict(found["vs_hf"][p][s][v], OUTCOMES_VS_HF))),
                  *class_means(results[v], results["hf"], s)]
                 for s in SCENARIOS for v in results if baseline(v) == "hf"]
         parts += ["## Paired differences against HF: mF1, mean ± 95% interval over seeds / over seeds and tiles", "",
@@ -449,14 +446,14 @@ def tables_markdown(results, training, title, found=None):
                                  rows), ""]
     if found["layouts"]:
         names = {"above": "per-scenario better", "below": "shared better"}
-        rows = [[ROW_NAMES[s], *(x for p in stats.PROTOCOLS for x in (show(found["layouts"][p][s]),
+        rows = [[ROW_NAMES[s], *(x for p in stats.PROTOCOLS for x in (shown(found["layouts"][p][s]),
                                                                          verdict(found["layouts"][p][s], names))),
                  *class_means(results["dis2-per-scenario"], results["dis2"], s)] for s in SCENARIOS]
         parts += ["## The two DIS2 layouts: per-scenario minus shared (same seeds, same tiles)", "",
                   markdown_table(["Scenario", "Δ mF1", "outcome", "Δ mF1, clutter ignored", "outcome", *delta_header], rows), ""]
     if found["margins"].get("counted"):
         rows = [[label, ROW_NAMES[s], *(x for p in stats.PROTOCOLS for x in (
-                    show(found["margins"][p][label][s]), verdict(found["margins"][p][label][s], {"above": "larger",
+                    shown(found["margins"][p][label][s]), verdict(found["margins"][p][label][s], {"above": "larger",
                                                                                                    "below": "smaller"})))]
                 for label in found["margins"]["counted"] for s in ("missing_rgir", "missing_ndsm")]
         parts += ["## What moves the margin", "",
@@ -469,7 +466,7 @@ def tables_markdown(results, training, title, found=None):
                                  rows), ""]
     if found["shaspec"]:
         rows = [[ROW_NAMES[s], f"{SHASPEC_PAPER[s]:+.2f}", *(x for p in stats.PROTOCOLS for x in (
-                    show(found["shaspec"][p][s]), verdict(found["shaspec"][p][s], {"above": "DIS2 better",
+                    shown(found["shaspec"][p][s]), verdict(found["shaspec"][p][s], {"above": "DIS2 better",
                                                                                    "below": "ShaSpec better"})))]
                 for s in SCENARIOS]
         parts += ["## Table 1's comparison: DIS2 minus ShaSpec (same seeds, same tiles)", "",
@@ -481,9 +478,9 @@ def tables_markdown(results, training, title, found=None):
             d = found["distance"].get(pair, {}).get(v, {})
             rows.append([f"{SHORT_NAMES[pair[0]]} vs {SHORT_NAMES[pair[1]]}", VARIANT_NAMES[v],
                          mean_std(whole_test_set(runs, stats.distance_statistic(pair, False)).values(), 4),
-                         show(d.get("raw"), 4),
+                         shown(d.get("raw"), 4),
                          mean_std(whole_test_set(runs, stats.distance_statistic(pair, True)).values(), 4),
-                         show(d.get("relative"), 4), verdict(d.get("relative"), {"above": "larger", "below": "smaller"})
+                         shown(d.get("relative"), 4), verdict(d.get("relative"), {"above": "larger", "below": "smaller"})
                          if d else "-"])
     parts += ["## Table 3 analogue: distance between the penultimate features Z of two scenarios", "",
               "The mean per-pixel L2 distance of Z (the paper's Table 3), and the same divided by the mean norm of the "

@@ -169,13 +169,11 @@ def paired_contrast(terms, resamples=BOOTSTRAP_RESAMPLES):
     if not seeds:
         return None
     tiles = tile_names({(k, s): runs[s] for k, (_, runs, _) in enumerate(terms) for s in seeds})
-    whole = np.arange(len(tiles))[None]
-    resampled = np.random.default_rng(BOOTSTRAP_SEED).integers(0, len(tiles), (resamples, len(tiles)))
-    per_seed, boot = [], np.zeros(resamples)
-    for s in seeds:
-        per_seed.append(sum(c * float(statistic(runs[s], tiles, whole)[0]) for c, runs, statistic in terms))
-        boot += sum(c * statistic(runs[s], tiles, resampled) for c, runs, statistic in terms) / len(seeds)
-    per_seed, n = np.array(per_seed), len(seeds)
+    # Row 0: every tile once; rows 1..: the bootstrap resamples.
+    index = np.vstack([np.arange(len(tiles)),
+                       np.random.default_rng(BOOTSTRAP_SEED).integers(0, len(tiles), (resamples, len(tiles)))])
+    values = np.array([sum(c * statistic(runs[s], tiles, index) for c, runs, statistic in terms) for s in seeds])
+    per_seed, boot, n = values[:, 0], values[:, 1:].mean(0), len(seeds)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # NaN statistics (see distance_statistic) stay NaN
         se_tiles = float(np.nanstd(boot, ddof=1))

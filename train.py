@@ -415,7 +415,7 @@ def loss_terms(args):
 
 def distill_weight(args, step, total_steps):
     """The weight of L_distill at `step`: 1 in Eq. 14; the authors' 5, and 0 before AUTHORS_DISTILL_START."""
-    if getattr(args, "recipe", "paper") == "paper":
+    if args.recipe == "paper":
         return 1.0
     return AUTHORS_DISTILL_WEIGHT if step >= AUTHORS_DISTILL_START * total_steps else 0.0
 
@@ -425,7 +425,7 @@ def objective(args, config, step, total_steps):
     if args.ablation == "shaspec":
         return lambda *batch: shaspec_loss(*batch, alpha=config.alpha, beta=config.beta)
     weight = distill_weight(args, step, total_steps)
-    return lambda *batch: dis2_loss(*batch, recipe=getattr(args, "recipe", "paper"), distill_weight=weight)
+    return lambda *batch: dis2_loss(*batch, recipe=args.recipe, distill_weight=weight)
 
 
 def train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label, missing, class_weights, amp_dtype, world=1,
