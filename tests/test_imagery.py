@@ -10,18 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
 
 import data
 import raster
-import predict as predict_py
-import runtime
 import synth
-from dis2 import DIS2, DIS2Config
+from test_predict import labels, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-PATCH = 32
 # Georeferencing of a projected CRS (UTM zone 32N, metres) with 9 cm pixels, as Vaihingen's
 UTM = (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32632)
 WGS84 = (1, 1, 0, 2, 1024, 0, 1, 2, 2048, 0, 1, 4326)  # geographic: the pixel scale is in degrees
@@ -35,20 +31,8 @@ def georeference(pixel_size, geokeys=UTM):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """An untrained tiny model saved as train.py saves one (the pattern of test_predict.py), trained
-    on "vaihingen" for the pixel-size notice; its batch-norm statistics make the maps vary."""
-    torch.manual_seed(0)
-    model = DIS2(DIS2Config(width=4, embed_dim=16, heads=2, class_width=4, pos_size=PATCH))
-    for name, buffer in model.named_buffers():
-        kind = name.rsplit(".", 1)[-1]
-        if kind.startswith("running_mean"):
-            buffer.normal_(0, 0.5)
-        elif kind.startswith("running_var"):
-            buffer.uniform_(0.05, 0.5)
-    path = tmp_path_factory.mktemp("checkpoint") / "tiny.pt"
-    torch.save({"format": runtime.CHECKPOINT_FORMAT, "config": runtime.config_dict(model.config),
-                "model": model.state_dict(), "train_args": {"patch": PATCH}, "dataset": "vaihingen"}, path)
-    return path
+    """test_predict.py's tiny model, trained on "vaihingen" for the pixel-size notice."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny.pt", dataset="vaihingen")
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +45,6 @@ def scene():
     rgir = np.clip(smooth + noise, 0, 255).astype(np.uint8)
     ndsm = np.array(Image.fromarray(coarse[..., 3]).resize((77, 61), Image.BILINEAR))
     return rgir, ndsm
-
-
-def labels(checkpoint, out, *inputs):
-    """The label map predict.py writes for these inputs (flags and paths)."""
-    predict_py.main(["--out", str(out), "--checkpoint", str(checkpoint), *map(str, inputs)])
-    (written,) = Path(out).glob("*_labels.tif")
-    return tifffile.imread(written)
 
 
 @pytest.fixture(scope="module")

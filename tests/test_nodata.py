@@ -14,7 +14,7 @@ import data
 import predict as predict_py
 import raster
 import synth
-from test_predict import PATCH, tiny_checkpoint
+from test_predict import PATCH, labels, tiny_checkpoint
 
 SIZE, HALF = 128, 64
 COLLAR = np.zeros((SIZE, SIZE), bool)
@@ -34,13 +34,6 @@ def area():
     """(H, W, 3) IRRG and (H, W) NDSM, uint8, every pixel with data."""
     rng = np.random.default_rng(3)
     return rng.integers(1, 256, (SIZE, SIZE, 3), dtype=np.uint8), rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
-
-
-def labels(checkpoint, out, *inputs):
-    """The label map predict.py writes for these inputs (flags and paths)."""
-    predict_py.main(["--out", str(out), "--checkpoint", str(checkpoint), "--batch-size", "3", *map(str, inputs)])
-    (written,) = out.glob("*_labels.tif")
-    return tifffile.imread(written)
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,9 @@ GEOREFERENCE = [
 ]
 
 
-def tiny_checkpoint(path, **config):
-    """An untrained tiny model, saved with what evaluate.py reads of a checkpoint from train.py."""
+def tiny_checkpoint(path, dataset=None, **config):
+    """An untrained tiny model, saved with what evaluate.py reads of a checkpoint from train.py
+    (and the dataset it was trained on, if given: predict.py's pixel-size notice reads it)."""
     torch.manual_seed(0)
     model = DIS2(DIS2Config(width=4, embed_dim=16, heads=2, class_width=4, pos_size=PATCH, **config))
     for name, buffer in model.named_buffers():  # batch-norm statistics that make the maps vary, as trained ones do
@@ -42,8 +43,16 @@ def tiny_checkpoint(path, **config):
         elif kind.startswith("running_var"):
             buffer.uniform_(0.05, 0.5)
     torch.save({"format": runtime.CHECKPOINT_FORMAT, "config": runtime.config_dict(model.config),
-                "model": model.state_dict(), "train_args": {"patch": PATCH}}, path)
+                "model": model.state_dict(), "train_args": {"patch": PATCH},
+                **({"dataset": dataset} if dataset else {})}, path)
     return path
+
+
+def labels(checkpoint, out, *inputs):
+    """The label map predict.py writes for these inputs (flags and paths)."""
+    predict_py.main(["--out", str(out), "--checkpoint", str(checkpoint), "--batch-size", "3", *map(str, inputs)])
+    (written,) = Path(out).glob("*_labels.tif")
+    return tifffile.imread(written)
 
 
 @pytest.fixture(scope="module")
