@@ -242,13 +242,25 @@ class NonFiniteLoss(Exception):
     pass
 
 
-def append_metrics(path, row):
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+def write_metrics(path, rows):
+    """metrics.csv, one row per finished epoch, written whole from the rows the checkpoint keeps."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def metrics_so_far(checkpoint, path):
+    """The epoch rows of a resumed run. A checkpoint keeps its own; one written before it did has
+    only metrics.csv, of which the rows past the checkpoint's epoch (a run stopped between writing
+    metrics.csv and last.pt) are not the run's."""
+    if "metrics" in checkpoint["state"]:
+        return checkpoint["state"]["metrics"]
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [{k: int(v) if k in ("epoch", "step") else float(v) if v else None for k, v in row.items()}
+                for row in csv.DictReader(f) if int(row["epoch"]) <= checkpoint["state"]["epoch"]]
 
 
 # -----------------------------------------------------------------------------
@@ -319,7 +331,8 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     class_weights = median_frequency_weights(data.class_frequencies(train_tiles)).to(device)
 
-    state = dict(epoch=0, step_in_epoch=0, global_step=0, best_score=-1.0, epoch_sums={t: 0.0 for t in loss_terms(args)})
+    state = dict(epoch=0, step_in_epoch=0, global_step=0, best_score=-1.0, epoch_sums={t: 0.0 for t in loss_terms(args)},
+                 metrics=[])
     if checkpoint is not None:
         net.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -327,7 +340,7 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
         if checkpoint["scaler"]:  # empty unless the run so far was fp16; switching to fp16 starts a fresh scale
             scaler.load_state_dict(checkpoint["scaler"])
         set_rng_states(checkpoint["rng"])
-        state = dict(checkpoint["state"], schedule_extension=extension)
+        state = dict(checkpoint["state"], schedule_extension=extension, metrics=metrics_so_far(checkpoint, out / "metrics.csv"))
         if state["epoch"] >= args.epochs:
             go_on = ("pass --epochs N with a larger N to go on" if args.optimizer == "sgd" else
                      "its learning rate has decayed to 0; to train longer, start a new run with a larger --epochs")
@@ -366,7 +379,7 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
             row = validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, amp_dtype) if rank == 0 else None
             state.update(epoch=state["epoch"] + 1, step_in_epoch=0, epoch_sums={t: 0.0 for t in loss_terms(args)})
             if rank == 0:
-                record_epoch(row, state, args.epochs, out, checkpoint_state())
+                record_epoch(row, state, args.epochs, out, checkpoint_state)
             if world > 1:
                 dist.barrier()  # the other processes wait for rank 0's validation and checkpoints
     except NonFiniteLoss as e:
@@ -390,13 +403,16 @@ def validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, am
     return epoch_row(state, scheduler, results, score, steps_per_epoch)
 
 
-def record_epoch(row, state, epochs, out, checkpoint):
-    """metrics.csv, the epoch line, last.pt and, if the score improved, best.pt."""
-    append_metrics(out / "metrics.csv", row)
-    print(epoch_line(row, epochs))
+def record_epoch(row, state, epochs, out, checkpoint_state):
+    """metrics.csv, the epoch line, last.pt and, if the score improved, best.pt. The rows ride in the
+    checkpoint too, so a resumed run's metrics.csv is the checkpoint's, whenever it was stopped."""
+    state["metrics"].append(row)
     improved = row["val_score"] > state["best_score"]
     if improved:
-        state["best_score"] = checkpoint["state"]["best_score"] = row["val_score"]
+        state["best_score"] = row["val_score"]
+    checkpoint = checkpoint_state()
+    write_metrics(out / "metrics.csv", state["metrics"])
+    print(epoch_line(row, epochs))
     save_checkpoint(checkpoint, out / "last.pt")
     if improved:
         save_checkpoint(checkpoint, out / "best.pt")

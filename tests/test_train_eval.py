@@ -226,6 +226,47 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(dataset, tmp_path
     assert (straight / "metrics.csv").read_text() == (interrupted / "metrics.csv").read_text()
 
 
+def test_a_resumed_runs_metrics_are_its_checkpoints(dataset, tmp_path, monkeypatch):
+    """Stopped in epoch 2, whatever metrics.csv holds then (a row written after the last checkpoint,
+    another run's file), the resumed run's metrics.csv is the uninterrupted run's; also from a
+    checkpoint that keeps no rows (written before they rode in it), whose metrics.csv has a row too many."""
+    run = ["--data", str(dataset), "--epochs", "2", *TINY_RUN]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train.main([*run, "--out", str(straight)])
+    calls = {"n": 0}
+    real_loss = train.dis2_loss
+
+    def loss_then_sigterm(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 2, step 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train, "dis2_loss", loss_then_sigterm)
+    train.main([*run, "--out", str(interrupted)])
+    monkeypatch.setattr(train, "dis2_loss", real_loss)
+    assert runtime.load_checkpoint(interrupted / "last.pt")["state"]["epoch"] == 1
+    rows = list(csv.DictReader(open(straight / "metrics.csv")))
+    header = ",".join(rows[0])
+    other_run = header + "\n" + "\n".join(",".join("7" for _ in rows[0]) for _ in range(3)) + "\n"
+    one_too_many = (interrupted / "metrics.csv").read_text() + ",".join("9" for _ in rows[0]) + "\n"
+
+    new_format = tmp_path / "new-format"
+    shutil.copytree(interrupted, new_format)
+    (new_format / "metrics.csv").write_text(other_run)
+    train.main(["--resume", str(new_format)])
+    assert (new_format / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
+
+    old_format = tmp_path / "old-format"
+    shutil.copytree(interrupted, old_format)
+    checkpoint = runtime.load_checkpoint(old_format / "last.pt")
+    del checkpoint["state"]["metrics"]
+    torch.save(checkpoint, old_format / "last.pt")
+    (old_format / "metrics.csv").write_text(one_too_many)
+    train.main(["--resume", str(old_format)])
+    assert (old_format / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
+
+
 def cosine_rate(step, total, peak=1e-3):
     """The AdamW schedule by hand: warm-up over min(500, total // 10 + 1) steps, cosine to 0 at `total`."""
     warmup = min(500, total // 10 + 1)
