@@ -195,21 +195,27 @@ def final_weights(out):
     return runtime.load_checkpoint(out / "last.pt")["model"]
 
 
-def test_interrupted_and_resumed_training_equals_uninterrupted(dataset, tmp_path, monkeypatch):
-    run = ["--data", str(dataset), "--epochs", "2", *TINY_RUN]
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    train.main([*run, "--out", str(straight)])
-
+def stop_at_loss_call(monkeypatch, n):
+    """SIGTERM during the n-th computation of the loss (3 steps per epoch): the step finishes, then the run saves and stops."""
     calls = {"n": 0}
     real_loss = train.dis2_loss
 
     def loss_then_sigterm(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:  # mid-epoch 1 (3 steps per epoch)
+        if calls["n"] == n:
             os.kill(os.getpid(), signal.SIGTERM)
         return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(train, "dis2_loss", loss_then_sigterm)
+    return real_loss
+
+
+def test_interrupted_and_resumed_training_equals_uninterrupted(dataset, tmp_path, monkeypatch):
+    run = ["--data", str(dataset), "--epochs", "2", *TINY_RUN]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train.main([*run, "--out", str(straight)])
+
+    real_loss = stop_at_loss_call(monkeypatch, 2)  # mid-epoch 1
     train.main([*run, "--out", str(interrupted)])
     state = runtime.load_checkpoint(interrupted / "last.pt")["state"]
     assert (state["epoch"], state["step_in_epoch"]) == (0, 2)
@@ -233,16 +239,7 @@ def test_a_resumed_runs_metrics_are_its_checkpoints(dataset, tmp_path, monkeypat
     run = ["--data", str(dataset), "--epochs", "2", *TINY_RUN]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     train.main([*run, "--out", str(straight)])
-    calls = {"n": 0}
-    real_loss = train.dis2_loss
-
-    def loss_then_sigterm(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # epoch 2, step 2
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(train, "dis2_loss", loss_then_sigterm)
+    real_loss = stop_at_loss_call(monkeypatch, 5)  # epoch 2, step 2
     train.main([*run, "--out", str(interrupted)])
     monkeypatch.setattr(train, "dis2_loss", real_loss)
     assert runtime.load_checkpoint(interrupted / "last.pt")["state"]["epoch"] == 1
@@ -285,15 +282,7 @@ def test_a_longer_resumed_run_goes_on_from_its_learning_rate(dataset, tmp_path, 
     """Stopped after step 2 of 6 (rate r), resumed with 3 epochs instead of 2: from step 2 the rate
     decays by a cosine from r to 0 at step 9, with no jump."""
     out = tmp_path / "run"
-    real_loss, calls = train.dis2_loss, {"n": 0}
-
-    def loss_then_sigterm(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(train, "dis2_loss", loss_then_sigterm)
+    real_loss = stop_at_loss_call(monkeypatch, 2)
     train.main(["--data", str(dataset), "--epochs", "2", "--out", str(out), *TINY_RUN])
     monkeypatch.setattr(train, "dis2_loss", real_loss)
     rate = cosine_rate(2, 6)
