@@ -12,6 +12,7 @@ from dis2 import ABLATIONS, DIS2, DIS2Config, ScenarioBatchNorm2d
 from losses import segmentation_loss
 from runtime import config_dict
 from shaspec import SHASPEC_TERMS, ShaSpec, ShaSpecConfig, ShaSpecOutput, shaspec_loss
+from test_model import overfit_one_batch
 
 TINY = dict(width=4, embed_dim=16, heads=2, depth=1, class_width=2, pos_size=32)
 SCENARIOS = {"full": (True, True), "missing_rgir": (False, True), "missing_ndsm": (True, False)}
@@ -290,25 +291,10 @@ def test_gradients_reach_every_part_and_each_objective_its_own():
 def test_tiny_model_overfits_one_batch():
     torch.manual_seed(0)
     model = ShaSpec(ShaSpecConfig(width=8, embed_dim=32, heads=2, depth=1, class_width=4, pos_size=32))
-    # A learnable target: classes from thresholds of the inputs, in 4x4 blocks
-    # (the decoder ends at H/2, so single-pixel noise is not representable).
-    rgir, ndsm = (F.interpolate(x, scale_factor=4) for x in inputs(2, 8))
-    labels = ((rgir[:, 0] > 0).long() + 2 * (ndsm[:, 0] > 0.5).long()).clamp(max=5)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    history = []
-    for step in range(60):
-        missing = ("rgir", "ndsm")[step % 2]
-        out = model(rgir, ndsm, scenarios=("full", f"missing_{missing}"))
-        loss, terms = shaspec_loss(out["full"], out[f"missing_{missing}"], labels, missing)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(dict(total=loss.item(), **{name: value.item() for name, value in terms.items()}))
+    history, accuracy = overfit_one_batch(model, shaspec_loss, 60)
     first, last = history[0], history[-1]
     # The auxiliary heads of the coarsest levels cannot draw the blocks, so the total falls less than its parts.
     assert last["total"] < first["total"] / 3, history
     assert last["seg_full"] < first["seg_full"] / 5 and last["seg_miss"] < first["seg_miss"] / 5, history
     assert last["align"] < first["align"] / 2 and last["domain"] < first["domain"] / 10, history
-    model.eval()
-    accuracy = (model(rgir, ndsm).logits.argmax(1) == labels).float().mean()
     assert accuracy > 0.95
