@@ -180,6 +180,25 @@ def test_missing_scenario_in_training_ignores_the_missing_modality(train_batch, 
     assert not torch.allclose(before["full"].logits, after["full"].logits)  # the full scenario does see it
 
 
+def assert_missing_input_unseen(first, rgir, ndsm, missing, scenario_output):
+    """`first` and a copy of it train (train-mode passes, both missing scenarios beside the full one,
+    as train.py's steps) on batches that differ only in the `missing` modality; in eval mode their
+    outputs in that scenario (all of `scenario_output`) are bit-identical, their full scenarios not."""
+    second = copy.deepcopy(first)
+    changed = {"rgir": (rgir.flip(-1) * 3 + 1, ndsm), "ndsm": (rgir, ndsm.flip(-2) * 3 + 1)}[missing]
+    other = "ndsm" if missing == "rgir" else "rgir"
+    with torch.no_grad():
+        for model, (a, b) in ((first, (rgir, ndsm)), (second, changed)):
+            model.train()
+            for scenarios in [("full", f"missing_{missing}"), ("full", f"missing_{other}")] * 2:
+                model(a, b, scenarios=scenarios)
+            model.eval()
+        available = {"rgir": (None, ndsm), "ndsm": (rgir, None)}[missing]
+        for x, y in zip(scenario_output(first(*available)), scenario_output(second(*available))):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+        assert not torch.allclose(first(rgir, ndsm).logits, second(rgir, ndsm).logits)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("ablation", ("hf", "dis2"))
 @pytest.mark.parametrize("missing", ("rgir", "ndsm"))
@@ -191,20 +210,8 @@ def test_missing_scenario_at_evaluation_ignores_the_missing_modality_seen_in_tra
     though their full scenarios differ."""
     torch.manual_seed(0)
     first = DIS2(DIS2Config(**TINY, **ABLATIONS[ablation], layout=layout))
-    second = copy.deepcopy(first)
     rgir, ndsm, _ = train_batch
-    changed = {"rgir": (rgir.flip(-1) * 3 + 1, ndsm), "ndsm": (rgir, ndsm.flip(-2) * 3 + 1)}[missing]
-    other = "ndsm" if missing == "rgir" else "rgir"
-    with torch.no_grad():
-        for model, (a, b) in ((first, (rgir, ndsm)), (second, changed)):
-            model.train()
-            for scenarios in [("full", f"missing_{missing}"), ("full", f"missing_{other}")] * 2:
-                model(a, b, scenarios=scenarios)
-            model.eval()
-        inputs = {"rgir": (None, ndsm), "ndsm": (rgir, None)}[missing]
-        for x, y in zip(scenario_output(first(*inputs)), scenario_output(second(*inputs))):
-            torch.testing.assert_close(x, y, rtol=0, atol=0)
-        assert not torch.allclose(first(rgir, ndsm).logits, second(rgir, ndsm).logits)
+    assert_missing_input_unseen(first, rgir, ndsm, missing, scenario_output)
 
 
 def test_each_scenario_keeps_its_own_running_statistics(train_batch):
