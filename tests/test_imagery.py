@@ -15,7 +15,7 @@ from PIL import Image
 import data
 import raster
 import synth
-from test_predict import labels, tiny_checkpoint
+from test_predict import labels, refused_labels, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # Georeferencing of a projected CRS (UTM zone 32N, metres) with 9 cm pixels, as Vaihingen's
@@ -57,16 +57,6 @@ def reference(checkpoint, scene, tmp_path_factory):
     found = labels(checkpoint, root / "out", "--rgir", root / "area.tif", "--ndsm", root / "ndsm.tif")
     assert len(np.unique(found)) > 1  # a constant map would hide any difference
     return found
-
-
-def refused(capsys, checkpoint, tmp_path, *inputs):
-    """The one line of a prediction that stops with a user error (exit status 2), and nothing written."""
-    with pytest.raises(SystemExit) as stop:
-        data.exit_on_user_error(lambda: labels(checkpoint, tmp_path / "out", *inputs))
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert stop.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
-    assert not (tmp_path / "out").exists()
-    return lines[0]
 
 
 # ------------------------------------------------------------------ compression and layout
@@ -116,7 +106,7 @@ def test_a_codec_that_cannot_be_decoded_is_named_not_called_corrupt(checkpoint, 
     tifffile.imwrite(path, scene[0], photometric="rgb", compression="packbits")
     with tifffile.TiffFile(path, mode="r+b") as tiff:
         tiff.pages.first.tags["Compression"].overwrite(32809)  # ThunderScan: no decoder in tifffile or imagecodecs
-    line = refused(capsys, checkpoint, tmp_path, "--rgir", path)
+    line = refused_labels(capsys, checkpoint, tmp_path, "--rgir", path)
     assert "THUNDERSCAN-compressed" in line and "DEFLATE" in line and "corrupt" not in line
 
 
@@ -135,7 +125,7 @@ def test_a_truncated_compressed_file_is_called_truncated(checkpoint, scene, tmp_
     path = tmp_path / "area.tif"
     tifffile.imwrite(path, scene[0], photometric="rgb", compression="zlib", tile=(16, 16))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    assert "truncated or corrupt" in refused(capsys, checkpoint, tmp_path, "--rgir", path)
+    assert "truncated or corrupt" in refused_labels(capsys, checkpoint, tmp_path, "--rgir", path)
 
 
 # ------------------------------------------------------------------ bit depth
@@ -183,7 +173,7 @@ def test_centimetre_ndsm_with_its_unit_gives_the_labels_of_the_8_bit_one(checkpo
     found = labels(checkpoint, tmp_path / "metres", "--rgir", tmp_path / "area.tif", "--ndsm", tmp_path / "cm.tif",
                    "--ndsm-unit", 0.01)
     np.testing.assert_array_equal(found, reference)
-    line = refused(capsys, checkpoint, tmp_path, "--rgir", tmp_path / "area.tif", "--ndsm", tmp_path / "cm.tif")
+    line = refused_labels(capsys, checkpoint, tmp_path, "--rgir", tmp_path / "area.tif", "--ndsm", tmp_path / "cm.tif")
     assert "cm.tif" in line and "uint16" in line and "--ndsm-unit" in line
 
 
@@ -250,12 +240,12 @@ def test_bands_flag_reads_any_order(checkpoint, scene, reference, tmp_path):
                                              ("r,g,x", "as ir, r, g or b")])
 def test_bands_that_cannot_be_read(checkpoint, scene, tmp_path, capsys, bands, expected):
     tifffile.imwrite(tmp_path / "area.tif", scene[0], photometric="rgb")
-    assert expected in refused(capsys, checkpoint, tmp_path, "--rgir", tmp_path / "area.tif", "--bands", bands)
+    assert expected in refused_labels(capsys, checkpoint, tmp_path, "--rgir", tmp_path / "area.tif", "--bands", bands)
 
 
 def test_a_float_orthophoto_is_refused(checkpoint, scene, tmp_path, capsys):
     tifffile.imwrite(tmp_path / "area.tif", scene[0].astype(np.float32) / 255, photometric="rgb")
-    assert "float32" in refused(capsys, checkpoint, tmp_path, "--rgir", tmp_path / "area.tif")
+    assert "float32" in refused_labels(capsys, checkpoint, tmp_path, "--rgir", tmp_path / "area.tif")
 
 
 # ------------------------------------------------------------------ pixel size

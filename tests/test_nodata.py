@@ -14,7 +14,7 @@ import data
 import predict as predict_py
 import raster
 import synth
-from test_predict import PATCH, labels, tiny_checkpoint
+from test_predict import PATCH, labels, refused_labels, tiny_checkpoint
 
 SIZE, HALF = 128, 64
 COLLAR = np.zeros((SIZE, SIZE), bool)
@@ -158,29 +158,19 @@ def test_a_modality_without_any_data_is_missing(checkpoint, area, scenarios, tmp
                        "predicted as if the NDSM were missing"]
 
 
-def refused(capsys, checkpoint, tmp_path, *inputs):
-    """The one line of a prediction that stops with a user error (exit status 2), and nothing written."""
-    with pytest.raises(SystemExit) as stop:
-        data.exit_on_user_error(lambda: labels(checkpoint, tmp_path / "out", *inputs))
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert stop.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
-    assert not (tmp_path / "out").exists()
-    return lines[0]
-
-
 def test_no_data_in_any_modality_given_is_an_error(checkpoint, area, tmp_path, capsys):
     tifffile.imwrite(tmp_path / "rgir.tif", np.zeros_like(area[0]), photometric="rgb")
     tifffile.imwrite(tmp_path / "ndsm.tif", np.full((SIZE, SIZE), -9999, np.float32))
-    line = refused(capsys, checkpoint, tmp_path, "--rgir", tmp_path / "rgir.tif", "--ndsm", tmp_path / "ndsm.tif",
+    line = refused_labels(capsys, checkpoint, tmp_path, "--rgir", tmp_path / "rgir.tif", "--ndsm", tmp_path / "ndsm.tif",
                    "--rgir-nodata", 0, "--ndsm-nodata", -9999)
     assert f"rgir.tif and {tmp_path / 'ndsm.tif'}: no pixel has data" in line
-    line = refused(capsys, checkpoint, tmp_path, "--ndsm", tmp_path / "ndsm.tif", "--ndsm-nodata", -9999)
+    line = refused_labels(capsys, checkpoint, tmp_path, "--ndsm", tmp_path / "ndsm.tif", "--ndsm-nodata", -9999)
     assert line.startswith(f"error: {tmp_path / 'ndsm.tif'}: no pixel has data")
 
 
 def test_a_mask_of_another_size_is_an_error(checkpoint, area, tmp_path, capsys):
     write_with_mask(tmp_path / "rgir.tif", area[0], np.ones((SIZE, SIZE - 1), bool), photometric="rgb")
-    line = refused(capsys, checkpoint, tmp_path, "--rgir", tmp_path / "rgir.tif")
+    line = refused_labels(capsys, checkpoint, tmp_path, "--rgir", tmp_path / "rgir.tif")
     assert "rgir.tif: its internal mask is 128 x 127 pixels, the image 128 x 128" in line
 
 

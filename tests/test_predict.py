@@ -55,6 +55,16 @@ def labels(checkpoint, out, *inputs):
     return tifffile.imread(written)
 
 
+def refused_labels(capsys, checkpoint, tmp_path, *inputs):
+    """The one line of a prediction that stops with a user error (exit status 2), and nothing written."""
+    with pytest.raises(SystemExit) as stop:
+        data.exit_on_user_error(lambda: labels(checkpoint, tmp_path / "out", *inputs))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert not (tmp_path / "out").exists()
+    return lines[0]
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny.pt")
