@@ -48,21 +48,31 @@ def tiny_checkpoint(path, dataset=None, **config):
     return path
 
 
+def predict(*argv):
+    predict_py.main(["--batch-size", "3", *map(str, argv)])
+
+
+def refused(capsys, *argv):
+    """The one line of a run that stops with a user error (exit status 2)."""
+    with pytest.raises(SystemExit) as stop:
+        data.exit_on_user_error(lambda: predict(*argv))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
 def labels(checkpoint, out, *inputs):
     """The label map predict.py writes for these inputs (flags and paths)."""
-    predict_py.main(["--out", str(out), "--checkpoint", str(checkpoint), "--batch-size", "3", *map(str, inputs)])
+    predict("--out", out, "--checkpoint", checkpoint, *inputs)
     (written,) = Path(out).glob("*_labels.tif")
     return tifffile.imread(written)
 
 
 def refused_labels(capsys, checkpoint, tmp_path, *inputs):
     """The one line of a prediction that stops with a user error (exit status 2), and nothing written."""
-    with pytest.raises(SystemExit) as stop:
-        data.exit_on_user_error(lambda: labels(checkpoint, tmp_path / "out", *inputs))
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert stop.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    line = refused(capsys, "--out", tmp_path / "out", "--checkpoint", checkpoint, *inputs)
     assert not (tmp_path / "out").exists()
-    return lines[0]
+    return line
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +100,6 @@ def write_pair(root, rgir, ndsm, name="area"):
     tifffile.imwrite(root / "rgir" / f"{name}.tif", rgbir, photometric="rgb", extrasamples=[0], extratags=GEOREFERENCE)
     tifffile.imwrite(root / "ndsm" / f"{name}.tif", ndsm, extratags=GEOREFERENCE)
     return root / "rgir" / f"{name}.tif", root / "ndsm" / f"{name}.tif"
-
-
-def predict(*argv):
-    predict_py.main(["--batch-size", "3", *map(str, argv)])
 
 
 def read(path):
@@ -246,15 +252,6 @@ def test_memory_stays_bounded_on_a_large_image(checkpoint, tmp_path):
 
 
 # ---------------------------------------------------------------- bad input
-
-
-def refused(capsys, *argv):
-    """The one line of a run that stops with a user error (exit status 2)."""
-    with pytest.raises(SystemExit) as stop:
-        data.exit_on_user_error(lambda: predict(*argv))
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert stop.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
 
 
 def test_both_modalities_missing_stops_the_command_line(checkpoint, tmp_path):
