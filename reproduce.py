@@ -80,6 +80,9 @@ def parse_args(argv=None):
                    help=f"the runs to train, comma-separated (default: all of {','.join(REPRODUCTION)})")
     p.add_argument("--seeds", type=data.positive_int,
                    help="seeds per variant (default: REPRODUCTION's, 1 to 5 per variant)")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: write the tables and figures from the runs finished so far, "
+                        "naming those still to train (an interim look at a reproduction that takes several sessions)")
     args = train.check_args(p.parse_args(argv))
     if args.resume:
         raise DataError("--resume: reproduce.py resumes by itself; run the same command again")
@@ -115,7 +118,9 @@ def reproduce(args, device, amp_dtype):
     DIR/data and its test tiles (TEST_TILES) to DIR/data-test. Runs go seed
     by seed (every variant's first seed, then the second, ...); finished runs
     are reused and a stopped run resumes, so the same command continues an
-    interrupted reproduction, in as many parts as it takes."""
+    interrupted reproduction, in as many parts as it takes. With --report
+    nothing is trained: the tables and figures cover the finished runs
+    and their title names the runs still to train."""
     out = writable_dir(args.out_dir, "DIR")
     mode = budget_name(args)
     data_dir = Path(args.data) if args.data else out / "data"
@@ -126,13 +131,17 @@ def reproduce(args, device, amp_dtype):
     sets = evaluation_sets(args, out, data_dir, mode)
     variants = args.variants or list(REPRODUCTION)
     seeds = {v: [args.seed + k for k in range(args.seeds or REPRODUCTION[v]["seeds"])] for v in variants}
-    for k in range(max(len(s) for s in seeds.values())):
-        for variant in variants:
-            if k < len(seeds[variant]) and not reproduce_run(args, variant, seeds[variant][k], out, data_dir, sets,
-                                                             device, amp_dtype):
-                return  # stopped by Ctrl-C or SIGTERM; the same command resumes
+    pending = ""
+    if args.report:
+        seeds, pending = finished_runs(out, seeds, sets["test"][0])
+    else:
+        for k in range(max(len(s) for s in seeds.values())):
+            for variant in variants:
+                if k < len(seeds[variant]) and not reproduce_run(args, variant, seeds[variant][k], out, data_dir, sets,
+                                                                 device, amp_dtype):
+                    return  # stopped by Ctrl-C or SIGTERM; the same command resumes
 
-    runs = {v: {seed: out / "runs" / v / f"seed{seed}" for seed in seeds[v]} for v in variants}
+    runs = {v: {seed: out / "runs" / v / f"seed{seed}" for seed in s} for v, s in seeds.items()}
     results = {v: {seed: json.loads((run / "test.json").read_text()) for seed, run in rs.items()} for v, rs in runs.items()}
     curves = {v: {seed: training_curve(run / "metrics.csv") for seed, run in rs.items()} for v, rs in runs.items()}
     training = {v: {seed: loss_flattening(curve) for seed, curve in cs.items()} for v, cs in curves.items()}
@@ -143,7 +152,7 @@ def reproduce(args, device, amp_dtype):
         ", ".join(f"{k}={v}" for k, v in SYNTHETIC_BENCHMARKS[mode].items()) + ")`")
     budget = ", ".join(f"{k.replace('_', '-')} {getattr(args, k)}" for k in BUDGETS[mode])
     title = (f"DIS2 reproduction on {source}, scored on {test_name}; budget per run: {budget}; "
-             f"seeds from {args.seed}; {device}; {hours:.1f} h of training and evaluation in all")
+             f"seeds from {args.seed}; {device}; {hours:.1f} h of training and evaluation in all{pending}")
     found = comparisons(results)
     (out / "tables.md").write_text(tables_markdown(results, training, title, found))
     (out / "results.json").write_text(json.dumps(dict(title=title, protocols=stats.PROTOCOLS, runs=results,
@@ -151,6 +160,22 @@ def reproduce(args, device, amp_dtype):
     reproduction_figures(out, seeds, test_tiles, curves)
     print((out / "tables.md").read_text())
     print(f"figures: {', '.join(str(p) for p in sorted(out.glob('figure*.png')))}")
+
+
+def finished_runs(out, seeds, test_name):
+    """The planned runs (variant -> seeds) that were trained and scored on the test tiles, and a note
+    for the title naming the rest. A DataError when none is."""
+    finished = lambda v, seed: (out / "runs" / v / f"seed{seed}" / "test.json").exists() and json.loads(
+        (out / "runs" / v / f"seed{seed}" / "test.json").read_text()).get("test_set") == test_name
+    done = {v: [seed for seed in s if finished(v, seed)] for v, s in seeds.items()}
+    if not any(done.values()):
+        raise DataError(f"--report: no run under {out / 'runs'} is trained and scored on {test_name}; "
+                        f"run the command without --report first")
+    todo = [f"{v} seed{'s' if len(s) - len(done[v]) > 1 else ''} "
+            f"{', '.join(str(seed) for seed in s if seed not in done[v])}" for v, s in seeds.items() if len(done[v]) < len(s)]
+    total, finished_count = sum(map(len, seeds.values())), sum(map(len, done.values()))
+    pending = f"; interim: {finished_count} of {total} runs finished, still to train: {'; '.join(todo)}" if todo else ""
+    return {v: s for v, s in done.items() if s}, pending
 
 
 def evaluation_sets(args, out, data_dir, mode):

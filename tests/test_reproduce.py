@@ -147,6 +147,37 @@ def test_a_calibration_run_trains_only_the_variants_asked_for(tmp_path, capsys):
     assert sum(line.startswith(("holds: ", "DOES NOT HOLD: ")) for line in printed.splitlines()) == 3
 
 
+def test_report_tabulates_the_finished_runs_and_names_the_rest(tmp_path, capsys):
+    root, out = tmp_path / "data", tmp_path / "reproduction"
+    synth.synthesize(root, dataset="vaihingen", tiles=4, size=64, seed=1)
+    with pytest.raises(SystemExit) as stop:
+        data.exit_on_user_error(lambda: reproduce.main([str(out), "--data", str(root), "--report", *TOY]))
+    assert stop.value.code == 2 and capsys.readouterr().err.startswith("error: --report: no run under ")
+    reproduce.main([str(out), "--data", str(root), "--variants", "hf", "--seeds", "2", *TOY])
+    reproduce.main([str(out), "--data", str(root), "--variants", "dis2", "--seeds", "1", *TOY])
+    stale = out / "runs" / "shaspec" / "seed0"  # scored on other test tiles: not finished
+    stale.mkdir(parents=True)
+    hf_run = out / "runs" / "hf" / "seed1"
+    (stale / "metrics.csv").write_text((hf_run / "metrics.csv").read_text())
+    (stale / "test.json").write_text(json.dumps({**json.loads((hf_run / "test.json").read_text()), "test_set": "older"}))
+    capsys.readouterr()
+    reproduce.main([str(out), "--data", str(root), "--report", *TOY])
+    assert "epoch 1/1 " not in capsys.readouterr().out  # nothing trained
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["dis2", "hf", "shaspec"]
+    assert sorted(p.name for p in (out / "runs" / "dis2").iterdir()) == ["seed0"]
+    tables = (out / "tables.md").read_text()
+    title = tables.splitlines()[0]
+    total = sum(settings["seeds"] for settings in reproduce.REPRODUCTION.values())
+    assert f"; interim: 3 of {total} runs finished, still to train: hf seeds 2, 3, 4; " in title
+    assert "; dis2 seeds 1, 2, 3, 4; " in title and "; hf+cw seed 0; " in title and "; shaspec seeds 0, 1, 2, 3, 4; " in title
+    assert "| Hierarchical Fusion (HF) (2 seeds) |" in tables and "| HF + CW + DLKD (DIS2) (1 seed) |" in tables
+    assert "ShaSpec" not in tables and "## Paired differences against HF" in tables
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["runs"]) == {"hf", "dis2"} and set(results["runs"]["hf"]) == {"0", "1"}
+    assert results["differences"]["vs_hf"]["counted"]["missing_rgir"]["dis2"]["n"] == 1  # paired on the common seed
+    assert (out / "figure3_predictions.png").is_file() and (out / "figure6_attention.png").is_file()
+
+
 def paper_hf_scores(ndsm_only=(66.07, 82.50, 40.23, 68.36, 30.02), irrg_only=(81.88, 85.37, 70.87, 81.86, 62.94)):
     """The paper's HF (Table 2, Vaihingen) as one run's test.json scores, clutter left out as in mF1."""
     rows = {"full": (85.76, 89.38, 74.51, 83.00, 68.28), "missing_rgir": ndsm_only, "missing_ndsm": irrg_only}
