@@ -231,12 +231,19 @@ def test_the_results_in_readme_and_reproduction_md_are_the_reproductions_tables(
         elif line.startswith("| ") and " (" in cells[0]:
             mf1[scenario].append(cells[reproduce.SCORE_HEADER.index("mF1")])
     # The README's table: one row per scenario, the first variants of Table 2 in its order.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     readme_rows = [[c.strip() for c in line.strip("|").split("|")][1:]
-                   for line in section((ROOT / "README.md").read_text(encoding="utf-8"), "Results").splitlines()
+                   for line in section(readme, "Results").splitlines()
                    if line.startswith("| ") and "±" in line]
     assert len(readme_rows) == 3
     assert readme_rows == [mf1[evaluate.ROW_NAMES[s]][:len(row)] for s, row in zip(dis2.SCENARIOS, readme_rows)]
 
+    # reproduction.md's claim-1 table: DIS2 minus HF per scenario under both protocols, both intervals.
     claim_table = section((ROOT / "docs" / "reproduction.md").read_text(encoding="utf-8"), "Results")
-    differences = re.findall(r"[+-]\d+\.\d\d ± \d+\.\d\d", claim_table.split("**Claim 1")[1].split("**Claim 2")[0])
-    assert len(differences) == 6 and all(f"{d} (n=3)" in tables for d in differences)
+    differences = re.findall(r"[+-]\d+\.\d\d ± \d+\.\d\d / ± \d+\.\d\d",
+                             claim_table.split("**Claim 1")[1].split("**Claim 2")[0])
+    assert len(differences) == 6 and all(f"{d} (n=" in tables for d in differences)
+    # The README's differences: mean ± the interval over seeds and tiles, as tables.md has them.
+    readme_differences = re.findall(r"([+-]\d+\.\d\d) ± (\d+\.\d\d)", section(readme, "Results"))
+    assert len(readme_differences) >= 3
+    assert all(re.search(rf"{re.escape(m)} ± \d+\.\d\d / ± {w} \(n=", tables) for m, w in readme_differences)
