@@ -165,9 +165,7 @@ def reproduce(args, device, amp_dtype):
 def finished_runs(out, seeds, test_name):
     """The planned runs (variant -> seeds) that were trained and scored on the test tiles, and a note
     for the title naming the rest. A DataError when none is."""
-    finished = lambda v, seed: (out / "runs" / v / f"seed{seed}" / "test.json").exists() and json.loads(
-        (out / "runs" / v / f"seed{seed}" / "test.json").read_text()).get("test_set") == test_name
-    done = {v: [seed for seed in s if finished(v, seed)] for v, s in seeds.items()}
+    done = {v: [seed for seed in s if scored_on(out / "runs" / v / f"seed{seed}", test_name)] for v, s in seeds.items()}
     if not any(done.values()):
         raise DataError(f"--report: no run under {out / 'runs'} is trained and scored on {test_name}; "
                         f"run the command without --report first")
@@ -176,6 +174,11 @@ def finished_runs(out, seeds, test_name):
     total, finished_count = sum(map(len, seeds.values())), sum(map(len, done.values()))
     pending = f"; interim: {finished_count} of {total} runs finished, still to train: {'; '.join(todo)}" if todo else ""
     return {v: s for v, s in done.items() if s}, pending
+
+
+def scored_on(run, test_name):
+    """Whether the run was trained and scored on these test tiles (its test.json names them)."""
+    return (run / "test.json").exists() and json.loads((run / "test.json").read_text()).get("test_set") == test_name
 
 
 def evaluation_sets(args, out, data_dir, mode):
@@ -200,7 +203,7 @@ def reproduce_run(args, variant, seed, out, data_dir, sets, device, amp_dtype):
     else after training the run again. Returns False when training was stopped."""
     run = out / "runs" / variant / f"seed{seed}"
     test_name, test_tiles = sets["test"]
-    if (run / "test.json").exists() and json.loads((run / "test.json").read_text()).get("test_set") == test_name:
+    if scored_on(run, test_name):
         print(f"{variant}, seed {seed}: trained and scored already ({run})")
         return True
     checkpoint = load_checkpoint(run / "last.pt") if (run / "last.pt").exists() else None
