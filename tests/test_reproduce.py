@@ -11,6 +11,7 @@ import data
 import evaluate
 import reproduce
 import runtime
+import stats
 import synth
 import train
 from dis2 import SCENARIOS
@@ -52,7 +53,9 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
     claims = [line for line in tables.split("## The paper's claims")[1].splitlines() if line.startswith("- ")]
     assert len(claims) == 8  # beats HF and shrinks the distance (two layouts each), beats ShaSpec, hardest (three)
     margins = tables.split("## What moves the margin")[1].split("## Table 1's comparison")[0]
-    assert margins.count("(n=2)") == len(reproduce.MARGINS) * 2 * 2  # two missing scenarios, two protocols
+    margin_rows = [line for line in margins.splitlines() if line.startswith("| ")]
+    assert sum(row.count("(n=2)") for row in margin_rows) == len(reproduce.MARGINS) * 2 * 2  # two scenarios, protocols
+    assert margins.count("Reading (clutter counted") == 1 and all(f in margins for f in reproduce.MARGIN_FACTORS.values())
     shaspec = tables.split("## Table 1's comparison: DIS2 minus ShaSpec")[1].split("## Table 3")[0]
     assert shaspec.count("(n=2)") == 3 * 2
     assert all(any(f"**{o}**" in c for o in ("holds", "does not hold", "not resolved")) for c in claims)
@@ -206,3 +209,23 @@ def test_reproduction_flags_moved_to_reproduce_py(capsys):
     with pytest.raises(SystemExit):
         reproduce.parse_args(["x", "--variants", "hf,dis3"])
     assert "give names from" in capsys.readouterr().err
+
+
+def test_margin_reading_says_which_factor_moves_the_margin():
+    """The reading under "What moves the margin" follows the verdicts: a change resolved under one
+    clutter protocol only is named with its protocol, and "no factor" is said only when none is resolved."""
+    noise = stats.Difference(0.5, 5, 2.0, 2.5, 0.7, 0.4)  # interval over seeds and tiles holds 0
+    larger = stats.Difference(3.0, 5, 1.0, 1.5, 0.4, 0.3)
+    recipe, budget = reproduce.MARGIN_FACTORS
+    margins = {p: {recipe: {"missing_rgir": noise, "missing_ndsm": noise},
+                   budget: {"missing_rgir": noise, "missing_ndsm": None}} for p in stats.PROTOCOLS}
+    reading = reproduce.margin_reading(margins)
+    assert "no factor tested moves DIS2 - HF" in reading and "larger" not in reading
+    assert "+0.50 ± 2.00 / ± 2.50 (n=5) with the RGIR missing (not resolved)" in reading and "- with the NDSM" in reading
+    margins["ignored"][budget]["missing_rgir"] = larger
+    reading = reproduce.margin_reading(margins)
+    assert "(not resolved with clutter counted; larger with clutter ignored)" in reading
+    assert "at least one factor moves DIS2 - HF" in reading
+    del margins["counted"][budget], margins["ignored"][budget]
+    assert "twice the budget" not in reproduce.margin_reading(margins)
+    assert reproduce.margin_reading({"counted": {}, "ignored": {}}) == ""
