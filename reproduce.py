@@ -311,6 +311,7 @@ MARGIN_FACTORS = {"authors' minus paper's recipe (DIS2)": "the authors' recipe",
                   "the margin at twice minus at the budget": "twice the budget"}
 SHASPEC_PAPER = {"full": 2.26, "missing_rgir": 5.84, "missing_ndsm": 6.52}  # DIS2 - ShaSpec, Table 1, Vaihingen
 OUTCOMES_VS_HF = {"above": "better", "below": "worse"}
+CHANGES = {"above": "larger", "below": "smaller"}
 
 
 def spread(values):
@@ -403,10 +404,14 @@ def shown(difference, digits=2):
     return "-" if difference is None else difference.show(digits)
 
 
+def named_verdict(difference, names):
+    """A difference's verdict in the table's words: names["above"] or names["below"] where it is resolved."""
+    return names.get("not resolved" if difference is None else difference.verdict, "not resolved")
+
+
 def margin_reading(margins):
     """The sentence under "What moves the margin": how each factor changes DIS2 - HF in the missing
     scenarios, and whether any moves it beyond the noise. `margins`: found["margins"]."""
-    change = {"above": "larger", "below": "smaller"}
     missing = {"missing_rgir": "RGIR", "missing_ndsm": "NDSM"}
     effects, moved = [], False
     for label, factor in MARGIN_FACTORS.items():
@@ -414,10 +419,8 @@ def margin_reading(margins):
             continue
         parts = []
         for s, modality in missing.items():
-            verdicts = {p: "not resolved" if margins[p][label][s] is None else margins[p][label][s].verdict
-                        for p in stats.PROTOCOLS}
-            moved |= any(v in change for v in verdicts.values())
-            named = {p: change.get(v, v) for p, v in verdicts.items()}
+            named = {p: named_verdict(margins[p][label][s], CHANGES) for p in stats.PROTOCOLS}
+            moved |= any(v in CHANGES.values() for v in named.values())
             said = (named["counted"] if len(set(named.values())) == 1 else
                     "; ".join(f"{v} with clutter {p}" for p, v in named.items()))
             parts.append(f"{shown(margins['counted'][label][s])} with the {modality} missing ({said})")
@@ -492,10 +495,9 @@ def tables_markdown(results, training, title, found=None):
     parts += ["## Table 2 analogue: the ablation (F1 %)", "", markdown_table(header, rows), ""]
 
     delta_header = [f"Δ {c}" for c in COLUMN_NAMES]
-    verdict = lambda d, names: names.get("not resolved" if d is None else d.verdict, "not resolved")
     if found["vs_hf"]:
         rows = [[ROW_NAMES[s], VARIANT_NAMES[v], *(x for p in stats.PROTOCOLS for x in (
-                    shown(found["vs_hf"][p][s][v]), verdict(found["vs_hf"][p][s][v], OUTCOMES_VS_HF))),
+                    shown(found["vs_hf"][p][s][v]), named_verdict(found["vs_hf"][p][s][v], OUTCOMES_VS_HF))),
                  *class_means(results[v], results["hf"], s)]
                 for s in SCENARIOS for v in results if baseline(v) == "hf"]
         parts += ["## Paired differences against HF: mF1, mean ± 95% interval over seeds / over seeds and tiles", "",
@@ -504,14 +506,13 @@ def tables_markdown(results, training, title, found=None):
     if found["layouts"]:
         names = {"above": "per-scenario better", "below": "shared better"}
         rows = [[ROW_NAMES[s], *(x for p in stats.PROTOCOLS for x in (shown(found["layouts"][p][s]),
-                                                                         verdict(found["layouts"][p][s], names))),
+                                                                         named_verdict(found["layouts"][p][s], names))),
                  *class_means(results["dis2-per-scenario"], results["dis2"], s)] for s in SCENARIOS]
         parts += ["## The two DIS2 layouts: per-scenario minus shared (same seeds, same tiles)", "",
                   markdown_table(["Scenario", "Δ mF1", "outcome", "Δ mF1, clutter ignored", "outcome", *delta_header], rows), ""]
     if found["margins"].get("counted"):
         rows = [[label, ROW_NAMES[s], *(x for p in stats.PROTOCOLS for x in (
-                    shown(found["margins"][p][label][s]), verdict(found["margins"][p][label][s], {"above": "larger",
-                                                                                                   "below": "smaller"})))]
+                    shown(found["margins"][p][label][s]), named_verdict(found["margins"][p][label][s], CHANGES)))]
                 for label in found["margins"]["counted"] for s in ("missing_rgir", "missing_ndsm")]
         parts += ["## What moves the margin", "",
                   "DIS2 minus HF in the missing scenarios with the paper's recipe (Eq. 14 as printed), with the authors' "
@@ -521,11 +522,12 @@ def tables_markdown(results, training, title, found=None):
                   "\"larger\" or \"smaller\" only where its interval over seeds and tiles excludes 0.", "",
                   markdown_table(["Contrast", "Scenario", "Δ mF1", "resolved", "Δ mF1, clutter ignored", "resolved"],
                                  rows), ""]
-        if margin_reading(found["margins"]):
-            parts += [margin_reading(found["margins"]), ""]
+        reading = margin_reading(found["margins"])
+        if reading:
+            parts += [reading, ""]
     if found["shaspec"]:
         rows = [[ROW_NAMES[s], f"{SHASPEC_PAPER[s]:+.2f}", *(x for p in stats.PROTOCOLS for x in (
-                    shown(found["shaspec"][p][s]), verdict(found["shaspec"][p][s], {"above": "DIS2 better",
+                    shown(found["shaspec"][p][s]), named_verdict(found["shaspec"][p][s], {"above": "DIS2 better",
                                                                                    "below": "ShaSpec better"})))]
                 for s in SCENARIOS]
         parts += ["## Table 1's comparison: DIS2 minus ShaSpec (same seeds, same tiles)", "",
@@ -539,7 +541,7 @@ def tables_markdown(results, training, title, found=None):
                          mean_std(whole_test_set(runs, stats.distance_statistic(pair, False)).values(), 4),
                          shown(d.get("raw"), 4),
                          mean_std(whole_test_set(runs, stats.distance_statistic(pair, True)).values(), 4),
-                         shown(d.get("relative"), 4), verdict(d.get("relative"), {"above": "larger", "below": "smaller"})
+                         shown(d.get("relative"), 4), named_verdict(d.get("relative"), CHANGES)
                          if d else "-"])
     parts += ["## Table 3 analogue: distance between the penultimate features Z of two scenarios", "",
               "The mean per-pixel L2 distance of Z (the paper's Table 3), and the same divided by the mean norm of the "
