@@ -66,7 +66,9 @@ def figure_predictions(tiles, predictions, path, cell=200):
     grid_image(rows, [t.name for t in tiles], columns, cell).save(path)
 
 
-LINE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+# One colour per variant of the reproduction (the ten of matplotlib's tab10).
+LINE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+                (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 def figure_training_loss(curves, path, size=(760, 420)):

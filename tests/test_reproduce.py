@@ -9,6 +9,7 @@ from PIL import Image
 
 import data
 import evaluate
+import figures
 import reproduce
 import runtime
 import stats
@@ -185,6 +186,20 @@ def paper_hf_scores(ndsm_only=(66.07, 82.50, 40.23, 68.36, 30.02), irrg_only=(81
     """The paper's HF (Table 2, Vaihingen) as one run's test.json scores, clutter left out as in mF1."""
     rows = {"full": (85.76, 89.38, 74.51, 83.00, 68.28), "missing_rgir": ndsm_only, "missing_ndsm": irrg_only}
     return {s: dict(f1=dict(zip(data.CLASSES, f1)), mF1=float(np.mean(f1))) for s, f1 in rows.items()}
+
+
+def test_training_loss_figure_draws_each_variant_in_its_own_colour(tmp_path):
+    # One horizontal curve per variant of the reproduction, each at its own loss; PIL draws lines
+    # without antialiasing, so the pixel in the middle of each is exactly that variant's colour.
+    variants = list(reproduce.REPRODUCTION)
+    curves = {v: {0: [(0, float(i)), (100, float(i))]} for i, v in enumerate(variants)}
+    size, (left, right, top, bottom) = (760, 420), (60, 200, 20, 40)
+    figures.figure_training_loss(curves, tmp_path / "loss.png", size)
+    image = np.asarray(Image.open(tmp_path / "loss.png").convert("RGB"))
+    x = (left + size[0] - right) // 2
+    ys = [round(top + (size[1] - top - bottom) * (len(variants) - 1 - i) / (len(variants) - 1)) for i in range(len(variants))]
+    colours = {tuple(int(c) for c in image[y, x]) for y in ys}
+    assert len(colours) == len(variants) and colours.isdisjoint({(255, 255, 255), (0, 0, 0)})
 
 
 def test_calibration_rule_holds_on_the_papers_hf_and_fails_where_it_should():
