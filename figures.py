@@ -69,13 +69,14 @@ def figure_predictions(tiles, predictions, path, cell=200):
 # One colour per variant of the reproduction (the ten of matplotlib's tab10).
 LINE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
                 (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+LOSS_PLOT_MARGINS = (60, 200, 20, 40)  # left, right (the legend), top, bottom (the axis title), in pixels
 
 
 def figure_training_loss(curves, path, size=(760, 420)):
     """The training segmentation loss against the step, one colour per
     variant and one line per seed. `curves`: variant -> seed -> [(step, loss)]."""
     W, H = size
-    left, right, top, bottom = 60, 200, 20, 40
+    left, right, top, bottom = LOSS_PLOT_MARGINS
     points = [p for runs in curves.values() for curve in runs.values() for p in curve]
     max_step = max(s for s, _ in points)
     low, high = min(l for _, l in points), max(l for _, l in points)

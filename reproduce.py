@@ -528,7 +528,7 @@ def tables_markdown(results, training, title, found=None):
     if found["shaspec"]:
         rows = [[ROW_NAMES[s], f"{SHASPEC_PAPER[s]:+.2f}", *(x for p in stats.PROTOCOLS for x in (
                     shown(found["shaspec"][p][s]), named_verdict(found["shaspec"][p][s], {"above": "DIS2 better",
-                                                                                   "below": "ShaSpec better"})))]
+                                                                                         "below": "ShaSpec better"})))]
                 for s in SCENARIOS]
         parts += ["## Table 1's comparison: DIS2 minus ShaSpec (same seeds, same tiles)", "",
                   markdown_table(["Scenario", "paper (Vaihingen)", "Δ mF1", "outcome", "Δ mF1, clutter ignored",

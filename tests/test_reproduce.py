@@ -193,7 +193,7 @@ def test_training_loss_figure_draws_each_variant_in_its_own_colour(tmp_path):
     # without antialiasing, so the pixel in the middle of each is exactly that variant's colour.
     variants = list(reproduce.REPRODUCTION)
     curves = {v: {0: [(0, float(i)), (100, float(i))]} for i, v in enumerate(variants)}
-    size, (left, right, top, bottom) = (760, 420), (60, 200, 20, 40)
+    size, (left, right, top, bottom) = (760, 420), figures.LOSS_PLOT_MARGINS
     figures.figure_training_loss(curves, tmp_path / "loss.png", size)
     image = np.asarray(Image.open(tmp_path / "loss.png").convert("RGB"))
     x = (left + size[0] - right) // 2
