@@ -69,6 +69,18 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
             assert run["test_set"] == f"the test split of {root}" and set(run["per_tile"]) == {t.name for t in test_tiles}
     difference = results["differences"]["vs_hf"]["ignored"]["missing_rgir"]["dis2"]
     assert difference["n"] == 2 and difference["ci95_seeds_and_tiles"] >= difference["ci95_seeds"] >= 0
+    # Table 3 pairs each variant with HF at its own budget: DIS2 at twice the budget with HF at twice it,
+    # recomputed here from the per-tile distances (window-weighted means of Z's distance and norm).
+    def relative_distance(run):
+        tiles = run["per_tile"].values()
+        distance = sum(t["feature_distance"]["full_vs_missing_rgir"] * t["windows"] for t in tiles)
+        return distance / sum(t["feature_distance"]["z_full"] * t["windows"] for t in tiles)
+    doubled = results["differences"]["distance"]["full_vs_missing_rgir"]["dis2-2x"]["relative"]
+    by_hand = np.mean([relative_distance(results["runs"]["dis2-2x"][s]) - relative_distance(results["runs"]["hf-2x"][s])
+                       for s in ("0", "1")])
+    assert doubled["n"] == 2 and doubled["mean"] == pytest.approx(by_hand)
+    table3 = tables.split("## Table 3 analogue")[1].split("## Training")[0]
+    assert all(row.count("(n=2)") == 2 for row in table3.splitlines() if "| DIS2, twice the budget |" in row)
     assert all(set(run["scores"]) == set(SCENARIOS) for runs in results["runs"].values() for run in runs.values())
     assert all(len(curve) == reproduce.REPRODUCTION[v].get("budget", 1)  # one epoch per budget
                for v, runs in results["training_curves"].items() for curve in runs.values())
