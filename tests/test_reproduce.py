@@ -184,8 +184,8 @@ def test_report_tabulates_the_finished_runs_and_names_the_rest(tmp_path, capsys)
     tables = (out / "tables.md").read_text()
     title = tables.splitlines()[0]
     total = sum(settings["seeds"] for settings in reproduce.REPRODUCTION.values())
-    assert f"; interim: 3 of {total} runs finished, still to train: hf seeds 2, 3, 4; " in title
-    assert "; dis2 seeds 1, 2, 3, 4; " in title and "; hf+cw seed 0; " in title and "; shaspec seeds 0, 1, 2, 3, 4; " in title
+    assert f"; interim: 3 of {total} runs finished, still to train: hf seeds 2, 3, 4, 5, 6, 7, 8, 9; " in title
+    assert "; dis2 seeds 1, 2, 3, 4, 5, 6, 7, 8, 9; " in title and "; hf+cw seed 0; " in title and "; shaspec seeds 0, 1, 2, 3, 4; " in title
     assert "| Hierarchical Fusion (HF) (2 seeds) |" in tables and "| HF + CW + DLKD (DIS2) (1 seed) |" in tables
     assert "ShaSpec" not in tables and "## Paired differences against HF" in tables
     results = json.loads((out / "results.json").read_text())
