@@ -28,6 +28,7 @@ without the real data; probe.py describes any such folder.
 
 
 import argparse
+import os
 import re
 import sys
 from collections import defaultdict
@@ -181,11 +182,24 @@ def _classify(relative: Path, dataset: str) -> tuple[str, str] | None:
 
 
 def _listing(root) -> tuple[Path, list[Path]]:
-    """The root and all files below it, relative to it and sorted (so duplicates resolve the same way every time)."""
+    """The root and all files below it, relative to it and sorted (so duplicates resolve the same way every time).
+    Linked folders are followed (a DIR of symlinks to the unpacked archives is a common arrangement, and
+    Path.rglob does not follow them before Python 3.13); a folder reached again (a link back up the tree,
+    or two links to one folder) is listed only where it is first met, in sorted order."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: data directory not found; point --data at the unpacked ISPRS archives")
-    return root, sorted(path.relative_to(root) for path in root.rglob("*") if path.is_file())
+    files, seen = [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        subfolders.sort()
+        stat = os.stat(folder)
+        identity = (stat.st_dev, stat.st_ino)
+        if identity in seen:
+            subfolders.clear()
+            continue
+        seen.add(identity)
+        files += [Path(folder, name).relative_to(root) for name in names if Path(folder, name).is_file()]
+    return root, sorted(files)
 
 
 def _index(files: list[Path], dataset: str) -> dict[str, dict[str, Path]]:
@@ -203,7 +217,7 @@ def _detect(root: Path, files: list[Path]) -> str:
     if not present:
         raise DataError(
             f"{root}: no ISPRS Vaihingen or Potsdam images found (e.g. top_mosaic_09cm_area1.tif, "
-            f"top_potsdam_2_10_IRRG.tif); for synthetic data run: python data.py synth {root}"
+            f"top_potsdam_2_10_IRRG.tif); for synthetic data run: python synth.py {root}"
         )
     if len(present) > 1:
         raise DataError(f"{root}: holds both Vaihingen and Potsdam images; name the dataset (--dataset)")

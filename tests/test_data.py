@@ -205,6 +205,26 @@ def test_a_directory_with_both_datasets_needs_the_dataset_named(vaihingen):
     assert data.load_split(vaihingen, "train", dataset="vaihingen")[0].name == "area1"
 
 
+def test_linked_folders_are_followed_and_a_folder_met_twice_is_listed_once(pristine, tmp_path):
+    """A DIR of symlinks to the unpacked archives, a common arrangement of the ISPRS data; with a
+    link back up the tree, which must not loop, and a second link to an archive already linked."""
+    archives, linked = tmp_path / "archives", tmp_path / "linked"
+    shutil.copytree(pristine, archives)
+    linked.mkdir()
+    for archive in archives.iterdir():
+        (linked / archive.name).symlink_to(archive, target_is_directory=True)
+    (linked / "zz_same_archive_again").symlink_to(archive, target_is_directory=True)
+    (archives / archive.name / "up").symlink_to(linked, target_is_directory=True)
+
+    assert data.detect_dataset(linked) == "vaihingen"
+    assert len(data._listing(linked)[1]) == len(data._listing(pristine)[1])
+    for split in ("train", "val", "test"):
+        for tile, expected in zip(data.load_split(linked, split), data.load_split(pristine, split), strict=True):
+            assert tile.name == expected.name
+            np.testing.assert_array_equal(tile.rgir, expected.rgir)
+            np.testing.assert_array_equal(tile.label, expected.label)
+
+
 def test_missing_tiles_are_skipped_with_one_notice(vaihingen, capsys):
     tiles = data.load_split(vaihingen, "val")
     notice = capsys.readouterr().out.strip()
@@ -295,7 +315,8 @@ def test_unusable_directories_and_names_raise(tmp_path, vaihingen):
     layout_path(vaihingen, "vaihingen", "image", "area1").unlink()
     cases = [
         (lambda: data.load_split(tmp_path / "absent", "train"), "data directory not found"),
-        (lambda: data.detect_dataset(tmp_path / "empty"), "no ISPRS Vaihingen or Potsdam images found"),
+        (lambda: data.detect_dataset(tmp_path / "empty"),
+         "no ISPRS Vaihingen or Potsdam images found .*; for synthetic data run: python synth.py .*empty"),
         (lambda: data.load_split(tmp_path / "other", "train"), "no ISPRS Vaihingen or Potsdam images found"),
         (lambda: data.load_split(vaihingen, "train", dataset="paris"), "unknown dataset 'paris'"),
         (lambda: data.split_names("vaihingen", "dev"), "unknown split 'dev'"),
