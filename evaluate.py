@@ -205,6 +205,9 @@ def distance_table(distances):
 def parse_args(argv=None):
     p = data.ArgumentParser(description="Evaluate a DIS2 checkpoint in the paper's scenarios (Table 1).")
     p.add_argument("--data", help="ISPRS data directory (default: the one stored in the checkpoint)")
+    p.add_argument("--dataset", choices=data.DATASETS,
+                   help="for a --data folder that holds both (default: detected in --data; without --data, "
+                        "the checkpoint's)")
     p.add_argument("--split", choices=("test", "val"), default="test")
     p.add_argument("--missing", choices=("none", "rgir", "ndsm", "all"), default="all",
                    help="the scenario: none = full modality, rgir = RGIR missing (NDSM only), ndsm = NDSM missing, all = the three")
@@ -229,7 +232,11 @@ def main(argv=None):
     if args.json:
         writable_dir(Path(args.json).parent, "--json")
     data_dir = args.data or checkpoint["data"]
-    tiles = data.load_split(data_dir, args.split, None if args.data else checkpoint.get("dataset"))
+    trained_on = checkpoint.get("dataset")
+    dataset = args.dataset or (data.detect_dataset(data_dir) if args.data else trained_on)
+    if trained_on and dataset != trained_on:
+        print(f"notice: {checkpoint_path} was trained on {trained_on}, scored here on {dataset}")
+    tiles = data.load_split(data_dir, args.split, dataset)
     if args.eroded:
         missing_eroded = [t.name for t in tiles if t.label_eroded is None]
         if missing_eroded:

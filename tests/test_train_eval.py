@@ -21,6 +21,7 @@ import data
 import evaluate
 import predict
 import runtime
+import synth
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,6 +108,23 @@ def test_evaluate_one_scenario_json_has_only_that_scenario(trained_run, tmp_path
     report = json.loads(report_path.read_text())
     assert list(report["scenarios"]) == ["missing_rgir"] and report["split"] == "val" and report["eroded"] is False
 
+
+
+def test_evaluate_takes_the_dataset_of_a_folder_holding_both_and_says_when_it_is_not_the_checkpoints(
+        trained_run, dataset, tmp_path, capsys):
+    both = tmp_path / "both"
+    shutil.copytree(dataset, both)
+    synth.synthesize(both, "potsdam", tiles=3, size=64, seed=1)
+    checkpoint = ["--checkpoint", str(trained_run / "best.pt"), "--data", str(both)]
+    with pytest.raises(data.DataError, match=r"both Vaihingen and Potsdam.*--dataset"):
+        evaluate.main(checkpoint)
+    capsys.readouterr()
+    evaluate.main([*checkpoint, "--dataset", "vaihingen", "--missing", "none"])
+    assert "was trained on" not in capsys.readouterr().out
+    evaluate.main([*checkpoint, "--dataset", "potsdam", "--missing", "none"])
+    printed = capsys.readouterr().out
+    assert f"notice: {trained_run / 'best.pt'} was trained on vaihingen, scored here on potsdam" in printed
+    assert "test split, 1 tiles" in printed
 
 
 def test_eroded_flag_scores_the_eroded_label(trained_run, dataset, tmp_path):
