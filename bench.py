@@ -26,11 +26,10 @@ from torch.utils import flop_counter
 import data
 from dis2 import SCENARIOS
 from evaluate import evaluate_tiles
-from runtime import PRECISIONS, autocast_dtype, precision, prepared, resolve_device, use_channels_last
+from runtime import PRECISIONS, autocast_dtype, check_patch, precision, prepared, resolve_device, use_channels_last
 from train import (
     NonFiniteLoss,
     build_model,
-    check_args,
     fill_budget,
     make_optimizer,
     objective,
@@ -239,13 +238,26 @@ def self_check(args, device):
 # Command line
 
 
+# The flags of train.py that shape the timed step; its data and run flags (--data, --epochs, --out,
+# --resume, ...) would be accepted here and never read.
+TIMED_FLAGS = ("batch_size", "patch", "width", "ablation", "recipe", "layout", "optimizer", "lr", "device", "amp",
+               "channels_last", "seed", "compile")
+
+
 def parse_args(argv=None):
-    p = training_parser("Time training steps (or, with --inference, forward passes) of DIS2 on random inputs, "
-                        "count their GFLOP and peak memory (docs/speed.md).")
+    p = data.ArgumentParser(description="Time training steps (or, with --inference, forward passes) of DIS2 on "
+                            "random inputs, count their GFLOP and peak memory (docs/speed.md).")
+    for action in training_parser()._actions:
+        if action.dest in TIMED_FLAGS:
+            p._add_action(action)  # as argparse's parents= shares them: train.py's flags, help and defaults
     p.add_argument("--inference", action="store_true", help="time full-modality forward passes, as evaluate.py "
                    "runs them (default batch 4), instead of the self-check and training steps")
     p.add_argument("--repeats", type=data.positive_int, default=5, help="timed steps (default 5)")
-    args = check_args(p.parse_args(argv))
+    # Not flags: make_optimizer plans the schedule of train.py's default run, whose first steps are timed.
+    p.set_defaults(epochs=None, samples_per_epoch=None)
+    args = p.parse_args(argv)
+    if args.patch is not None:
+        check_patch(args.patch)
     if args.inference and args.batch_size is None:
         args.batch_size = 4  # evaluate.py's default
     return fill_budget(args)
