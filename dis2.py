@@ -243,8 +243,8 @@ class TransformerFusion(nn.Module):
 class HierarchicalFusion(nn.Module):
     """Fuses the two active branches at every level: convolutions at levels
     1..L-1 (Eq. 7) with residual links between adjacent levels, a transformer
-    at level L (Eq. 8). Also returns the attention-pooled F_1..F_{L-1} and the
-    fusion token, the compact fused features distilled in Eq. 4."""
+    at level L (Eq. 8). Also returns the fusion token; `pooled` gives the
+    compact fused features distilled in Eq. 4."""
 
     def __init__(self, widths, dim, heads, depth, mlp_ratio, pos_size, norm):
         super().__init__()
@@ -261,8 +261,11 @@ class HierarchicalFusion(nn.Module):
             prev = level(a_i, b_i, prev)
             fused.append(prev)
         fused_last, fusion_token = self.transformer(a[-1], b[-1], prev)
-        pooled = [pool(f) for pool, f in zip(self.pools, fused)] + [fusion_token]
-        return [*fused, fused_last], pooled
+        return [*fused, fused_last], fusion_token
+
+    def pooled(self, fused, fusion_token):
+        """The attention-pooled F_1..F_{L-1}, then the fusion token: L x (B, D_i)."""
+        return [pool(f) for pool, f in zip(self.pools, fused)] + [fusion_token]
 
 
 # -----------------------------------------------------------------------------
@@ -375,15 +378,25 @@ class FusionDecoder(nn.Module):
             self.decoder = Decoder(widths[-1], widths, K * cfg.class_width, K, cfg.z_channels, 1, norm)
         self.classifier = nn.Conv2d(cfg.z_channels, K, 1)
 
-    def forward(self, a, b, scenario):
+    def forward(self, a, b, scenario, distill=None):
         """a, b: the L features of slot a (RGIR) and slot b (NDSM) of
         `scenario`. Returns logits, Z, the auxiliary logits, the pooled fused
-        features (the fusion token last) and alpha (None without CW)."""
+        features of Eq. 4 (the fusion token last) and alpha (None without CW).
+        The pooled features are computed for `distill` "student" (with
+        gradient) or "teacher" (without: sg(.) of Eq. 4); else they are None,
+        as no loss reads them. An output that carries gradient but enters no
+        loss would stall DistributedDataParallel, which waits for its gradient."""
         for module in self.modules():
             if isinstance(module, ScenarioBatchNorm2d):
                 module.scenario = scenario
         size = tuple(2 * s for s in a[0].shape[-2:])  # the input's H, W
-        fused, fused_pooled = self.fusion(a, b)  # fused_pooled[-1] is the fusion token
+        fused, fusion_token = self.fusion(a, b)
+        fused_pooled = None
+        if distill == "student":
+            fused_pooled = self.fusion.pooled(fused, fusion_token)
+        elif distill == "teacher":
+            with torch.no_grad():
+                fused_pooled = self.fusion.pooled(fused, fusion_token.detach())
         if exists(self.classwise_attention):
             m, attention = self.classwise_attention(fused[-1])
         else:
@@ -394,7 +407,7 @@ class FusionDecoder(nn.Module):
         # upsampling and a 1x1 convolution commute, so it runs at H/2 (the
         # same logits for a quarter of the work and memory).
         logits = upsample(self.classifier(z_half), size)
-        return logits, z, aux_logits, fused_pooled, attention
+        return logits, z, aux_logits, fused_pooled, fusion_token, attention
 
 
 # -----------------------------------------------------------------------------
@@ -420,6 +433,9 @@ class DIS2Config:
     # (our reading of the paper's Figure 2); "per-scenario": each scenario has
     # its own (the authors' code: full_fuse, miss_rgb_fuse, miss_ndsm_fuse).
     layout: str = "shared"
+    # The levels of each Distinct/Supplement pair that the orthogonal loss (Eq. 2) constrains, from level 1:
+    # None, all L (the paper); 3 with the authors' recipe (train.py --recipe authors). Only these are pooled.
+    orth_levels: int | None = None
     widths: tuple = field(init=False)
 
     def __post_init__(self):
@@ -448,10 +464,10 @@ class DIS2Output:
     logits: torch.Tensor  # (B, K, H, W)
     z: torch.Tensor  # (B, C_z, H, W) penultimate features (Eq. 12)
     aux_logits: list  # L x (B, K, H, W), decoder levels 1..L (Eq. 13)
-    fused_pooled: list  # L x (B, D_i): pooled F_1..F_{L-1}, then the fusion token (Eq. 4)
+    fused_pooled: list | None  # with DLKD, L x (B, D_i): pooled F_1..F_{L-1}, then t* (Eq. 4; full: no gradient)
     fusion_token: torch.Tensor  # (B, embed_dim) t* after the transformer (Eq. 8)
     attention: torch.Tensor | None  # (B, K, H/16, W/16) alpha_k (Eq. 9); None without CW
-    branch_pooled: dict  # missing scenarios with DLKD: "<m>_dist", "<m>_supp" -> L x (B, C_i) pooled (Eq. 2)
+    branch_pooled: dict  # missing scenarios with DLKD: "<m>_dist", "<m>_supp" -> orth_levels x (B, C_i) (Eq. 2)
     uni_logits: dict  # modality -> (B, K, H, W) from its Distinct encoder (L_uni, Eq. 14)
 
 
@@ -565,9 +581,14 @@ class DIS2(nn.Module):
         (no gradient reaches an encoder that only the teacher uses). Its batch
         norms also keep running statistics of their own for evaluation."""
         missing = SCENARIOS[scenario]
-        logits, z, aux_logits, fused_pooled, attention = self.fusion_decoder(scenario)(*self.slots(features, missing), scenario)
-        # The Distinct/Supplement pair of the available modality, pooled for Eq. 2.
+        # Eq. 4 distils the full scenario (the teacher) into a missing one (the student).
+        distill = ("student" if exists(missing) else "teacher") if self.config.dlkd else None
+        logits, z, aux_logits, fused_pooled, fusion_token, attention = self.fusion_decoder(scenario)(
+            *self.slots(features, missing), scenario, distill)
+        # The Distinct/Supplement pair of the available modality, pooled for Eq. 2 at the levels it constrains.
         pair = (f"{OTHER[missing]}_dist", f"{OTHER[missing]}_supp") if exists(missing) and self.config.dlkd else ()
-        branch_pooled = {name: [pool(x) for pool, x in zip(self.branch_pools[name], features[name])] for name in pair}
+        levels = slice(self.config.orth_levels)
+        branch_pooled = {name: [pool(x) for pool, x in zip(self.branch_pools[name][levels], features[name][levels])]
+                         for name in pair}
         uni = {m: y for m, y in uni_logits.items() if m != missing}
-        return DIS2Output(logits, z, aux_logits, fused_pooled, fused_pooled[-1], attention, branch_pooled, uni)
+        return DIS2Output(logits, z, aux_logits, fused_pooled, fusion_token, attention, branch_pooled, uni)

@@ -237,7 +237,7 @@ class ShaSpec(nn.Module):
         own with its own batch-norm statistics (see DIS2.fuse_and_decode)."""
         missing = SCENARIOS[scenario]
         # The pooled fused features are DIS2's distillation inputs; ShaSpec has no use for them.
-        logits, z, aux_logits, _, attention = self.fusion_decoder(*self.slots(encoded, missing), scenario)
+        logits, z, aux_logits, _, _, attention = self.fusion_decoder(*self.slots(encoded, missing), scenario)
         available = lambda d: {m: v for m, v in d.items() if m != missing}
         return ShaSpecOutput(logits, z, aux_logits, attention, available(encoded.shared),
                              available(encoded.specific_pooled), available(encoded.domain_logits))

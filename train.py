@@ -41,7 +41,7 @@ from data import DataError
 from dis2 import ABLATIONS, DIS2, DIS2Config, LAYOUTS, SCENARIOS
 from distributed import leave_distributed, setup_distributed, synchronise_batch_norm
 from evaluate import evaluate_tiles
-from losses import RECIPES, TERMS, dis2_loss, median_frequency_weights
+from losses import AUTHORS_ORTH_LEVELS, RECIPES, TERMS, dis2_loss, median_frequency_weights
 from shaspec import SHASPEC_TERMS, ShaSpec, ShaSpecConfig, shaspec_loss
 from runtime import (
     AMP_HELP,
@@ -422,7 +422,10 @@ def build_model(args):
     """The network of --ablation at --width, its positional embeddings sized for --patch."""
     if args.ablation == "shaspec":
         return ShaSpec(ShaSpecConfig(width=args.width, pos_size=args.patch))
-    return DIS2(DIS2Config(width=args.width, pos_size=args.patch, layout=args.layout, **ABLATIONS[args.ablation]))
+    # The authors' recipe constrains 3 levels with Eq. 2: the model pools only those.
+    orth_levels = AUTHORS_ORTH_LEVELS if args.recipe == "authors" else None
+    return DIS2(DIS2Config(width=args.width, pos_size=args.patch, layout=args.layout, orth_levels=orth_levels,
+                           **ABLATIONS[args.ablation]))
 
 
 def loss_terms(args):

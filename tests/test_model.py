@@ -36,8 +36,13 @@ def test_output_shapes_every_variant_and_scenario(ablation, scenario, layout):
     assert out.logits.shape == (B, K, H, H)
     assert out.z.shape == (B, cfg.z_channels, H, H)
     assert [y.shape for y in out.aux_logits] == [(B, K, H, H)] * 4
-    assert [p.shape for p in out.fused_pooled] == [(B, 4), (B, 8), (B, 16), (B, cfg.embed_dim)]
-    assert out.fused_pooled[-1] is out.fusion_token
+    assert out.fusion_token.shape == (B, cfg.embed_dim)
+    if cfg.dlkd:  # the features of Eq. 4: the full scenario's are the teacher, sg(.)
+        assert [p.shape for p in out.fused_pooled] == [(B, 4), (B, 8), (B, 16), (B, cfg.embed_dim)]
+        assert all(p.requires_grad == (scenario != "full") for p in out.fused_pooled)
+        torch.testing.assert_close(out.fused_pooled[-1], out.fusion_token, rtol=0, atol=0)
+    else:
+        assert out.fused_pooled is None
     if cfg.classwise:
         assert out.attention.shape == (B, K, H // 16, H // 16)
     else:
@@ -156,7 +161,7 @@ def train_batch(tmp_path_factory):
 
 def scenario_output(out):
     """Every tensor a scenario's output holds, flattened, for comparisons."""
-    tensors = [out.logits, out.z, *out.aux_logits, *out.fused_pooled]
+    tensors = [out.logits, out.z, *out.aux_logits, *(out.fused_pooled or [])]
     tensors += [] if out.attention is None else [out.attention]
     return tensors + [x for xs in out.branch_pooled.values() for x in xs] + list(out.uni_logits.values())
 
