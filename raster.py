@@ -8,6 +8,7 @@ data: an orthophoto into uint8 IR, R, G (`read_orthophoto`), a height model into
 none (`read_surface_model`). data.py reads the ISPRS tiles with them, predict.py new imagery.
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,12 @@ _ALPHA_MASKS = "its 0 marks pixels without data"  # what an orthophoto's or NDSM
 # bands, whose lossy values cannot keep an exact nodata value.
 GDAL_NODATA = 42113
 _MASK_SUBFILETYPE = 4
+# tifffile parses GDAL_NODATA too, as the band's type, and logs where that fails ("nan" in an integer file,
+# the float32 limit in full); _nodata_value reads the tag itself and names a bad one in its one-line error.
+tifffile.logger().addFilter(lambda record: "GDAL_NODATA" not in record.getMessage())
+# GDAL marks float32 pixels without data with the float32 limits, whose value other tools often write as
+# %g prints it, "-3.40282e+38": a number 17 float32 steps inside the limit, which those pixels do not equal.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -65,15 +72,18 @@ class Layer:
     notices: list[str]  # what reading it noticed, a line each
 
 
-def _declared_maximum(dtype: np.dtype, samples: int, declared=None, bits=None) -> np.ndarray:
-    """(samples,) the top of each sample's range: MaxSampleValue (TIFF tag 281) where the file gives one, else
-    that of BitsPerSample (4095 for 12-bit data packed as such), else the data type's full range. Zeros for
-    float data, whose range is not declared."""
+def _declared_maximum(dtype: np.dtype, samples: int, path: Path, declared=None, bits=None) -> np.ndarray:
+    """(samples,) the top of each sample's range: MaxSampleValue (TIFF tag 281) where the file gives one, for
+    every sample or each, else that of BitsPerSample (4095 for 12-bit data packed as such), else the data
+    type's full range. Zeros for float data, whose range is not declared."""
     if not np.issubdtype(dtype, np.integer):
         return np.zeros(samples, np.int64)
     largest = int(np.iinfo(dtype).max)
     if declared is None:
         declared = largest if bits is None else min(2**bits - 1, largest)
+    if np.size(declared) not in (1, samples):
+        raise DataError(f"{path}: its MaxSampleValue tag (281) holds {np.size(declared)} values for {samples} bands, "
+                        "where one, or one per band, is expected; save the file again without the tag")
     return np.broadcast_to(np.asarray(declared, np.int64), (samples,)).copy()
 
 
@@ -110,7 +120,7 @@ def _read_raster(path: Path) -> Raster:
                 _check_codec(page, path)
                 pixels = page.asarray()
                 axes, samples, extra = page.axes, page.samplesperpixel, page.extrasamples
-                maximum = _declared_maximum(page.dtype, samples, page.tags.valueof(281), page.bitspersample)
+                maximum = _declared_maximum(page.dtype, samples, path, page.tags.valueof(281), page.bitspersample)
                 georeference = _georeference(page)
                 nodata = _nodata_value(page.tags.valueof(GDAL_NODATA), path)
                 mask_page = next((p for p in tiff.pages[1:] if p.subfiletype == _MASK_SUBFILETYPE), None)
@@ -124,7 +134,7 @@ def _read_raster(path: Path) -> Raster:
                 pixels, bands = np.array(image), image.getbands()  # bands: e.g. ("R", "G", "B", "A")
             pixels = pixels if pixels.ndim == 3 else pixels[..., None]
             alpha = [i for i, band in enumerate(bands) if band in ("A", "a")]
-            maximum, georeference = _declared_maximum(pixels.dtype, len(bands)), []
+            maximum, georeference = _declared_maximum(pixels.dtype, len(bands), path), []
     except (DataError, MemoryError):
         raise
     except Exception as error:  # tifffile, imagecodecs and pillow raise many types (ValueError, OSError, ...)
@@ -169,6 +179,8 @@ def _validity(raster: Raster, bands: np.ndarray, alpha: list[int], nodata=None) 
     if np.issubdtype(bands.dtype, np.floating):
         valid &= ~np.isnan(bands).any(-1)
     nodata = raster.nodata if nodata is None else nodata
+    if nodata is not None and bands.dtype == np.float32 and f"{abs(nodata):g}" == f"{_FLOAT32_MAX:g}":
+        nodata = math.copysign(_FLOAT32_MAX, nodata)  # a float32 limit, however rounded when it was printed
     if nodata is not None:
         everywhere = bands[..., 0] == nodata
         for i in range(1, bands.shape[-1]):  # band by band: no (H, W, B) temporary
@@ -204,7 +216,8 @@ def _to_uint8(bands: np.ndarray, maximum: np.ndarray, path: Path) -> np.ndarray:
         return bands
     if (maximum < 1).any():
         raise DataError(f"{path}: declares a maximum value of {int(maximum.min())}; set the range with --max-value")
-    wide = np.int32 if bands.dtype.itemsize <= 2 else np.int64  # room for value * 255
+    room = 255 * int(np.iinfo(bands.dtype).max) + int(maximum.max())  # above value * 255 + top // 2, and top
+    wide = np.int32 if room <= np.iinfo(np.int32).max else np.int64
     scaled = np.empty(bands.shape, np.uint8)
     for i, top in enumerate(maximum.tolist()):  # band by band: the wide copy is one band's, not the image's
         band = bands[..., i].astype(wide)
@@ -240,6 +253,10 @@ def _irrg(raster: Raster, path: Path, order=None, max_value=None, nodata=None):
     if not np.issubdtype(pixels.dtype, np.integer):
         raise DataError(f"{path}: {pixels.dtype} bands; orthophotos are read as integers of any depth "
                         "(8-bit, 16-bit, ...): save it as 8- or 16-bit integers")
+    if max_value is not None and max_value > np.iinfo(pixels.dtype).max:
+        raise DataError(f"--max-value {max_value}: above {np.iinfo(pixels.dtype).max}, the largest value of "
+                        f"{path}'s {pixels.dtype} bands; give the value that is white in the file "
+                        "(e.g. 4095 for 12-bit data)")
     valid = _validity(raster, pixels, alpha, nodata)
     picks = [names.index(band) for band in ("ir", "r", "g")]
     maximum = maximum[picks] if max_value is None else np.full(3, max_value, np.int64)

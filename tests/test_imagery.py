@@ -148,6 +148,14 @@ def test_the_scaling_rule_is_exact(tmp_path):
     np.testing.assert_array_equal(rgir[0], np.stack([values] * 3, -1))
 
 
+def test_each_band_is_scaled_by_its_own_declared_maximum(tmp_path):
+    maxima = (1000, 2000, 3000, 4000)  # R, G, B, IR: IR, R, G are not the first three
+    half = np.broadcast_to(np.array(maxima, np.uint16) // 2, (2, 2, 4))
+    tifffile.imwrite(tmp_path / "rgbir.tif", half, photometric="rgb", extrasamples=[0],
+                     extratags=[(281, "H", 4, maxima, True)])
+    assert (raster.read_orthophoto(tmp_path / "rgbir.tif").pixels == 128).all()  # 127.5, halves up
+
+
 @pytest.mark.parametrize("declared", ["--max-value", "MaxSampleValue", "BitsPerSample"])
 def test_12_bit_data_gives_the_labels_of_its_8_bit_version(checkpoint, scene, reference, tmp_path, declared):
     rgir, ndsm = scene
@@ -163,6 +171,52 @@ def test_12_bit_data_gives_the_labels_of_its_8_bit_version(checkpoint, scene, re
     if declared == "--max-value":  # without it, 4095 is a sixteenth of the uint16 range: a dark image
         dark = labels(checkpoint, tmp_path / "dark", "--rgir", tmp_path / "area.tif", "--ndsm", tmp_path / "ndsm.tif")
         assert (dark != reference).any()
+
+
+def test_8_bit_data_with_a_declared_maximum_below_255_is_scaled_to_0_255(tmp_path):
+    values = np.arange(128, dtype=np.uint8)  # 7-bit data in 8-bit samples, declared as such
+    tifffile.imwrite(tmp_path / "seven_bit.tif", np.stack([values] * 3, -1)[None], photometric="rgb",
+                     extratags=[(281, "H", 1, 127, True)])
+    rgir = raster.read_orthophoto(tmp_path / "seven_bit.tif").pixels
+    np.testing.assert_array_equal(rgir[0], np.stack([np.floor(values / 127 * 255 + 0.5)] * 3, -1))
+
+
+def test_packed_12_bit_data_is_read_exactly_over_its_whole_range(tmp_path):
+    values = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    tifffile.imwrite(tmp_path / "packed.tif", np.stack([values] * 3, -1), photometric="rgb", bitspersample=12)
+    rgir = raster.read_orthophoto(tmp_path / "packed.tif").pixels
+    white = 2**12 - 1  # the largest 12-bit value, not 2**12
+    np.testing.assert_array_equal(rgir, np.stack([np.floor(values / white * 255 + 0.5)] * 3, -1))
+
+
+def test_negative_values_of_a_signed_orthophoto_read_as_0(tmp_path):
+    values = np.array([-32768, -1, 0, 1, 128, 32767], np.int16)
+    tifffile.imwrite(tmp_path / "signed.tif", np.stack([values] * 3, -1)[None], photometric="rgb")
+    rgir = raster.read_orthophoto(tmp_path / "signed.tif").pixels
+    np.testing.assert_array_equal(rgir[0, :, 0], [0, 0, 0, 0, 1, 255])  # value * 255 / 32767, rounded
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_max_value_beyond_the_data_type_is_refused(checkpoint, scene, tmp_path, capsys, dtype):
+    tifffile.imwrite(tmp_path / "area.tif", scene[0].astype(dtype), photometric="rgb")
+    top = np.iinfo(dtype).max
+    line = refused_labels(capsys, checkpoint, tmp_path, "--rgir", tmp_path / "area.tif", "--max-value", 2**31)
+    assert line.startswith(f"error: --max-value 2147483648: above {top}, the largest value of")
+    # the data type's own top is the default range, not beyond it
+    found = labels(checkpoint, tmp_path / "top", "--rgir", tmp_path / "area.tif", "--max-value", top)
+    np.testing.assert_array_equal(found, labels(checkpoint, tmp_path / "default", "--rgir", tmp_path / "area.tif"))
+
+
+def test_a_declared_maximum_beyond_int32_is_scaled_without_overflow(tmp_path):
+    image = np.full((2, 2, 3), 65535, np.uint16)
+    tifffile.imwrite(tmp_path / "area.tif", image, photometric="rgb", extratags=[(281, "I", 1, 2**31, True)])
+    assert (raster.read_orthophoto(tmp_path / "area.tif").pixels == 0).all()  # 65535 * 255 / 2**31 rounds to 0
+
+
+def test_a_max_sample_value_tag_of_another_count_is_named_not_called_corrupt(checkpoint, scene, tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "area.tif", scene[0], photometric="rgb", extratags=[(281, "H", 2, (255, 255), True)])
+    line = refused_labels(capsys, checkpoint, tmp_path, "--rgir", tmp_path / "area.tif")
+    assert "MaxSampleValue tag (281) holds 2 values for 3 bands" in line and "corrupt" not in line
 
 
 def test_centimetre_ndsm_with_its_unit_gives_the_labels_of_the_8_bit_one(checkpoint, scene, reference, tmp_path,

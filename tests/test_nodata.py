@@ -5,6 +5,11 @@ the quadrants are no data (top left), missing RGIR (top right), missing NDSM (bo
 (bottom right). Away from the quadrants' edges, the labels must be exactly those of whole-image
 runs of each scenario (predict.main with a tiny checkpoint, as tests/test_predict.py's)."""
 
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -16,12 +21,14 @@ import raster
 import synth
 from test_predict import PATCH, labels, refused_labels, tiny_checkpoint
 
+ROOT = Path(__file__).resolve().parents[1]
 SIZE, HALF = 128, 64
 COLLAR = np.zeros((SIZE, SIZE), bool)
 COLLAR[:HALF] = True  # the orthophoto has no data here
 HOLE = np.zeros((SIZE, SIZE), bool)
 HOLE[:, :HALF] = True  # the NDSM has no data here
 CODES = predict_py.SCENARIO_CODES
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +122,19 @@ def test_each_region_gets_the_labels_of_the_scenario_its_data_allows(checkpoint,
         np.testing.assert_array_equal(found[region], scenarios[scenario][region], err_msg=scenario)
 
 
+@pytest.mark.parametrize("given", ["--rgir", "--ndsm"])
+def test_a_single_modality_with_holes_gets_the_scenario_its_data_allows(checkpoint, area, scenarios, tmp_path, given):
+    inputs = holed_files(tmp_path, area, "nan and declared")
+    path = inputs[inputs.index(given) + 1]
+    found = labels(checkpoint, tmp_path / "out", given, path, "--scenario-map")
+    hole, scenario = (COLLAR, "missing_ndsm") if given == "--rgir" else (HOLE, "missing_rgir")
+    codes = np.where(hole, predict_py.NO_SCENARIO, CODES[scenario])
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{path.stem}_scenario.tif"), codes)
+    assert (found[hole] == predict_py.NODATA_LABEL).all()
+    inside = away_from_edges(codes) & ~hole
+    np.testing.assert_array_equal(found[inside], scenarios[scenario][inside])
+
+
 def test_reading_nodata_as_values_gives_other_labels(checkpoint, area, scenarios, tmp_path):
     """What the test above guards against: today's reading, a hole as 0 m and a collar as black pixels,
     predicts the holes in the full scenario and gets other labels there."""
@@ -172,6 +192,60 @@ def test_a_mask_of_another_size_is_an_error(checkpoint, area, tmp_path, capsys):
     write_with_mask(tmp_path / "rgir.tif", area[0], np.ones((SIZE, SIZE - 1), bool), photometric="rgb")
     line = refused_labels(capsys, checkpoint, tmp_path, "--rgir", tmp_path / "rgir.tif")
     assert "rgir.tif: its internal mask is 128 x 127 pixels, the image 128 x 128" in line
+
+
+def test_an_orthophoto_pixel_is_nodata_only_where_every_band_holds_the_value(tmp_path):
+    rgir = np.full((2, 4, 3), 90, np.uint8)
+    rgir[0, 0] = 0  # the collar: every band 0
+    rgir[0, 1, 0] = 0  # dark pixels: some bands 0
+    rgir[0, 2, 1:] = 0
+    rgir[1, 3] = (0, 0, 7)
+    tifffile.imwrite(tmp_path / "rgir.tif", rgir, photometric="rgb", extratags=[(raster.GDAL_NODATA, "s", 0, "0", True)])
+    layer = raster.read_orthophoto(tmp_path / "rgir.tif")
+    expected = np.ones((2, 4), bool)
+    expected[0, 0] = False
+    np.testing.assert_array_equal(layer.valid, expected)
+    np.testing.assert_array_equal(layer.pixels, rgir)
+
+
+@pytest.mark.parametrize("dtype, tag, value", [
+    (np.float32, "nan", np.nan), (np.float32, "-9999.5", -9999.5),
+    (np.float32, "-3.4028234663852886e+38", -FLOAT32_MAX),  # the float32 minimum as GDAL writes it
+    (np.float32, "-3.40282e+38", -FLOAT32_MAX), (np.float32, "3.40282e+38", FLOAT32_MAX),  # as %g prints them
+    (np.float64, "-3.40282e+38", -3.40282e+38),  # a float64 file holds the value itself
+    (np.uint8, "nan", None)])  # no pixel of an integer file is NaN
+def test_nodata_values_that_are_not_integers_mark_their_pixels(tmp_path, caplog, dtype, tag, value):
+    heights = np.full((4, 5), 25 if dtype == np.uint8 else 2.5, dtype)  # 2.5 m, level 25 of an 8-bit NDSM
+    hole = np.zeros((4, 5), bool)
+    if value is not None:
+        hole[1:3, 2:] = True
+        heights[hole] = value
+    tifffile.imwrite(tmp_path / "ndsm.tif", heights, extratags=[(raster.GDAL_NODATA, "s", 0, tag, True)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor an overflow from the limit taken for a height
+        layer = raster.read_height_model(tmp_path / "ndsm.tif")
+    np.testing.assert_array_equal(np.ones((4, 5), bool) if layer.valid is None else layer.valid, ~hole)
+    np.testing.assert_array_equal(layer.pixels, np.where(hole, 0, 25))
+    assert caplog.records == []  # tifffile's own parse of the tag is not logged: a user sees one line at most
+
+
+def test_an_unusual_nodata_tag_leaves_one_line_on_stderr(checkpoint, area, tmp_path):
+    """tifffile logs its own parse of the tag besides the project's error; pytest captures logging, so a
+    process of its own shows what a user sees."""
+    tifffile.imwrite(tmp_path / "ndsm.tif", area[1], extratags=[(raster.GDAL_NODATA, "s", 0, "none", True)])
+    result = subprocess.run([sys.executable, "predict.py", "--out", tmp_path / "out", "--ndsm", tmp_path / "ndsm.tif",
+                             "--checkpoint", checkpoint], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {tmp_path / 'ndsm.tif'}: its GDAL_NODATA tag ({raster.GDAL_NODATA}) is 'none'")
+
+
+def test_an_8_bit_ndsm_stores_its_nodata_pixels_as_0(tmp_path):
+    ndsm = np.arange(1, 21, dtype=np.uint8).reshape(4, 5) * 10
+    ndsm[0, :2] = 255
+    tifffile.imwrite(tmp_path / "ndsm.tif", ndsm, extratags=[(raster.GDAL_NODATA, "s", 0, "255", True)])
+    layer = raster.read_height_model(tmp_path / "ndsm.tif")
+    np.testing.assert_array_equal(layer.valid, ndsm != 255)
+    np.testing.assert_array_equal(layer.pixels, np.where(ndsm == 255, 0, ndsm))
 
 
 def test_fill_keeps_the_data_and_fills_holes_from_their_rim():
