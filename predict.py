@@ -273,12 +273,16 @@ class StripWriter:
 
     def __init__(self, path, shape, dtype, photometric, tags, colormap=None):
         self.path, self.temporary = path, path.with_name(f".{path.name}.partial")
-        tifffile.imwrite(self.temporary, shape=shape, dtype=dtype, photometric=photometric, colormap=colormap,
-                         planarconfig="contig", rowsperstrip=STRIP_ROWS, extratags=tags,
-                         metadata=None)  # the header, room for the pixels
-        with tifffile.TiffFile(self.temporary) as tiff:
-            offset = tiff.pages.first.dataoffsets[0]
-        self.file = open(self.temporary, "r+b")
+        try:  # a writer that fails here is never returned to be discarded: its temporary goes now
+            tifffile.imwrite(self.temporary, shape=shape, dtype=dtype, photometric=photometric, colormap=colormap,
+                             planarconfig="contig", rowsperstrip=STRIP_ROWS, extratags=tags,
+                             metadata=None)  # the header, room for the pixels
+            with tifffile.TiffFile(self.temporary) as tiff:
+                offset = tiff.pages.first.dataoffsets[0]
+            self.file = open(self.temporary, "r+b")
+        except BaseException:
+            self.temporary.unlink(missing_ok=True)
+            raise
         self.file.seek(offset)
 
     def write(self, rows):

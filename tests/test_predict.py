@@ -163,6 +163,31 @@ def test_colour_output_is_the_palette_of_the_class_ids(checkpoint, tmp_path):
     assert tags == read(ortho)[1]
 
 
+def test_model_transformation_is_copied_onto_the_outputs(checkpoint, tmp_path):
+    rgir, _ = scene()
+    # a rotated grid, which GeoTIFF gives by ModelTransformation (34264) instead of a scale and a tiepoint
+    matrix = (0.09, 0.01, 0.0, 497000.0, 0.01, -0.09, 0.0, 5420000.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    tifffile.imwrite(tmp_path / "area.tif", rgir, photometric="rgb",
+                     extratags=[(34264, "d", 16, matrix, True), GEOREFERENCE[2]])
+    predict("--out", tmp_path / "out", "--rgir", tmp_path / "area.tif", "--checkpoint", checkpoint, "--scenario-map")
+    for output in ("area_labels.tif", "area_scenario.tif"):
+        with tifffile.TiffFile(tmp_path / "out" / output) as tiff:
+            assert tiff.pages.first.tags.valueof(34264) == matrix, output
+
+
+def test_the_orthophoto_georeferencing_is_written_over_the_ndsm_one(checkpoint, tmp_path):
+    rgir, ndsm = scene()
+    ortho, _ = write_pair(tmp_path, rgir, ndsm)
+    shifted = [GEOREFERENCE[0], (33922, "d", 6, (0.0, 0.0, 0.0, 498000.0, 5421000.0, 0.0), True), *GEOREFERENCE[2:]]
+    tifffile.imwrite(tmp_path / "shifted.tif", ndsm, extratags=shifted)
+    predict("--out", tmp_path / "both", "--rgir", ortho, "--ndsm", tmp_path / "shifted.tif", "--checkpoint", checkpoint)
+    assert read(tmp_path / "both" / "area_labels.tif")[1] == read(ortho)[1] != read(tmp_path / "shifted.tif")[1]
+    Image.fromarray(rgir).save(tmp_path / "area.png")  # an orthophoto without georeferencing: the NDSM's
+    predict("--out", tmp_path / "png", "--rgir", tmp_path / "area.png", "--ndsm", tmp_path / "shifted.tif",
+            "--checkpoint", checkpoint)
+    assert read(tmp_path / "png" / "area_labels.tif")[1] == read(tmp_path / "shifted.tif")[1]
+
+
 def test_png_inputs_give_the_same_map_without_georeferencing(checkpoint, tmp_path):
     rgir, ndsm = scene()
     ortho, height = write_pair(tmp_path, rgir, ndsm)
@@ -267,11 +292,12 @@ def test_inputs_without_an_output_folder(checkpoint, tmp_path, capsys):
     assert "--out" in refused(capsys, "--rgir", ortho, "--checkpoint", checkpoint)
 
 
-def test_modalities_of_different_sizes(checkpoint, tmp_path, capsys):
+@pytest.mark.parametrize("cut, size", [("a row", "74 x 93"), ("a column", "75 x 92")])
+def test_modalities_of_different_sizes(checkpoint, tmp_path, capsys, cut, size):
     rgir, ndsm = scene()
-    ortho, height = write_pair(tmp_path, rgir, ndsm[:-1])
+    ortho, height = write_pair(tmp_path, rgir, ndsm[:-1] if cut == "a row" else ndsm[:, :-1])
     line = refused(capsys, "--out", tmp_path / "out", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint)
-    assert "differs from" in line
+    assert f"size {size} differs from {ortho} (75 x 93)" in line
     assert not (tmp_path / "out").exists()
 
 
@@ -343,4 +369,21 @@ def test_a_failed_write_leaves_no_partial_output(checkpoint, tmp_path, capsys, m
     line = refused(capsys, "--out", tmp_path / "out", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint,
                    "--probabilities")
     assert "No space left on device" in line
+    assert files(tmp_path / "out") == []  # neither outputs nor their temporary files
+
+
+def test_a_failed_set_up_of_an_output_leaves_no_partial_file(checkpoint, tmp_path, capsys, monkeypatch):
+    ortho, height = write_pair(tmp_path, *scene())
+    opened = []
+
+    def too_many_open_files_at_the_second(path, mode):
+        opened.append(path)
+        if len(opened) == 2:  # the probabilities' temporary exists, its writer is not made yet
+            raise OSError(24, "Too many open files")
+        return open(path, mode)
+
+    monkeypatch.setattr(predict_py, "open", too_many_open_files_at_the_second, raising=False)
+    line = refused(capsys, "--out", tmp_path / "out", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint,
+                   "--probabilities")
+    assert "Too many open files" in line and len(opened) == 2
     assert files(tmp_path / "out") == []  # neither outputs nor their temporary files
