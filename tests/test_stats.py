@@ -26,6 +26,17 @@ def test_t_quantiles_match_the_integral_of_the_density():
         assert 2 * np.trapezoid(density, x) == pytest.approx(0.95, abs=2e-5), df
 
 
+def test_every_t_quantile_of_the_table_is_the_exact_one_rounded():
+    """Each entry against the quantile found by a Newton step on the integral of the density: right to
+    its 4 decimals, and what t_quantile gives up to the table's end."""
+    for df, entry in enumerate(stats.T_QUANTILES, start=1):
+        log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+        x = np.linspace(0, entry, 400_001)
+        density = np.exp(log_norm - (df + 1) / 2 * np.log1p(x * x / df))
+        exact = entry + (0.475 - np.trapezoid(density, x)) / density[-1]
+        assert abs(entry - exact) <= 0.5e-4 + 1e-7 and stats.t_quantile(df) == entry, (df, entry, exact)
+
+
 def hand_f1(confusion, ignore_clutter):
     """F1 per class by counting, one class at a time."""
     K = len(confusion)
