@@ -1,22 +1,32 @@
 """
 The reproduction's statistics: scores recomputed from per-tile confusion
 matrices under either clutter protocol, paired differences over seeds, their
-95% intervals over seeds (Student t) and over seeds and test tiles, the
-verdicts, and the paper's claims (docs/reproduction.md, "How a difference is
-decided").
+95% intervals over seeds (Student t) and over seeds and test tiles, p-values,
+Holm's correction for a family of questions, the verdicts, and the paper's
+claims (docs/reproduction.md, "How a difference is decided").
 
 A difference between two variants is paired twice: the same seeds (each
 seed's runs share their patches, scenarios and initial weights' seed) and the
-same test tiles. Two sources of noise are in it: training (another seed,
-another model) and the finite test set (other tiles, other scores). The
-Student-t interval over the per-seed differences covers the first; a
-bootstrap over the test tiles, resampled jointly for every run compared,
-gives the standard error of the mean difference from the second. The
-interval over both adds the two variances and keeps Student's t with n - 1
-degrees of freedom: mean ± t(n-1) sqrt(se_seeds^2 + se_tiles^2). A claim
-holds or fails only where that interval excludes 0.
+same test tiles. Per seed s, on the test tiles T, the difference is
+
+    D_s = mu + a_s + b(T) + c_s(T)
+
+with a_s the training noise (another seed, another model), b(T) the noise of
+the test set shared by every seed (these tiles and not others) and c_s(T)
+the seed-by-tile interaction. The spread of the D_s over seeds holds a_s and
+c_s(T) but not b(T), which all seeds share; so the variance of their mean is
+Var(a + c) / n + Var(b): the seeds' squared standard error plus the tile
+noise *not* in the seed spread. A bootstrap over the test tiles, the same
+draw for every run, estimates the second: the covariance between two seeds'
+bootstrap replicates is Var(b) (the c_s are independent between seeds),
+averaged over the pairs of seeds and scaled by T/(T-1) (the bootstrap's
+plug-in variance of a mean of T tiles is (T-1)/T of the unbiased one). The
+interval is mean ± t(df) sqrt(se_seeds^2 + var_tiles), with df from
+Welch-Satterthwaite (n - 1 for the seeds' part, T - 1 for the tiles'),
+rounded down. tests/test_intervals.py shows its coverage by simulation.
 """
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -131,9 +141,11 @@ class Difference:
     mean: float
     n: int  # seeds paired
     half_seeds: float | None  # half-width of the 95% Student-t interval over seeds (None for n = 1)
-    half_both: float | None  # ... over seeds and tiles
+    half_both: float | None  # ... over seeds and tiles, each source of noise counted once: the decisive one
     se_seeds: float | None
-    se_tiles: float
+    se_tiles: float  # bootstrap standard error of the mean difference over tiles (seed-by-tile noise included)
+    var_tiles: float | None = None  # the tile noise all seeds share: the covariance of their bootstrap replicates
+    df: int | None = None  # degrees of freedom of half_both (Welch-Satterthwaite)
 
     @property
     def verdict(self):
@@ -141,6 +153,27 @@ class Difference:
         if self.half_both is None:
             return "not resolved"
         return "above" if self.mean - self.half_both > 0 else "below" if self.mean + self.half_both < 0 else "not resolved"
+
+    @property
+    def p(self):
+        """Two-sided p-value of mean = 0 from the t statistic of half_both (None for n = 1)."""
+        if self.half_both is None:
+            return None
+        se = math.sqrt(self.se_seeds**2 + self.var_tiles)
+        return 1.0 if se == 0 and self.mean == 0 else t_two_sided_p(self.mean / se if se else math.inf, self.df)
+
+    @property
+    def half_tiles_twice(self):
+        """The rule used before 2026-12-04, kept to compare its verdicts: t(n-1) sqrt(se_seeds^2 + se_tiles^2)
+        adds the seed-by-tile noise a second time (it is in the seed spread already)."""
+        return None if self.half_both is None else t_quantile(self.n - 1) * math.hypot(self.se_seeds, self.se_tiles)
+
+    def place(self, value):
+        """Where `value` (the paper's) lies against the 95% interval over seeds and tiles."""
+        if self.half_both is None:
+            return "no interval"
+        return ("consistent with the paper" if abs(value - self.mean) <= self.half_both
+                else "smaller than the paper's" if value > self.mean else "larger than the paper's")
 
     def show(self, digits=2):
         text = f"{self.mean:+.{digits}f}"
@@ -150,7 +183,8 @@ class Difference:
 
     def as_dict(self):
         return dict(mean=self.mean, n=self.n, ci95_seeds=self.half_seeds, ci95_seeds_and_tiles=self.half_both,
-                    se_seeds=self.se_seeds, se_tiles=self.se_tiles, verdict=self.verdict)
+                    df=self.df, p=self.p, se_seeds=self.se_seeds, se_tiles=self.se_tiles, var_tiles=self.var_tiles,
+                    ci95_tiles_counted_twice=self.half_tiles_twice, verdict=self.verdict)
 
 
 def paired_difference(a_runs, b_runs, statistic_a, statistic_b=None, resamples=BOOTSTRAP_RESAMPLES):
@@ -169,19 +203,75 @@ def paired_contrast(terms, resamples=BOOTSTRAP_RESAMPLES):
     if not seeds:
         return None
     tiles = tile_names({(k, s): runs[s] for k, (_, runs, _) in enumerate(terms) for s in seeds})
+    T = len(tiles)
     # Row 0: every tile once; rows 1..: the bootstrap resamples.
-    index = np.vstack([np.arange(len(tiles)),
-                       np.random.default_rng(BOOTSTRAP_SEED).integers(0, len(tiles), (resamples, len(tiles)))])
+    index = np.vstack([np.arange(T), np.random.default_rng(BOOTSTRAP_SEED).integers(0, T, (resamples, T))])
     values = np.array([sum(c * statistic(runs[s], tiles, index) for c, runs, statistic in terms) for s in seeds])
-    per_seed, boot, n = values[:, 0], values[:, 1:].mean(0), len(seeds)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # NaN statistics (see distance_statistic) stay NaN
-        se_tiles = float(np.nanstd(boot, ddof=1))
-        se_seeds = float(per_seed.std(ddof=1) / np.sqrt(n)) if n > 1 else None
+    replicates = values[:, 1:][:, np.isfinite(values[:, 1:]).all(0)]  # NaN statistics (see distance_statistic) left out
+    per_seed, n = values[:, 0], len(seeds)
+    if replicates.shape[1] < 2:  # the statistic is NaN on every resample: nothing to decide
+        return Difference(float(per_seed.mean()), n, None, None, None, math.nan)
+    se_tiles = float(replicates.mean(0).std(ddof=1))
     if n == 1:
         return Difference(float(per_seed[0]), 1, None, None, None, se_tiles)
-    t = t_quantile(n - 1)
-    return Difference(float(per_seed.mean()), n, t * se_seeds, t * float(np.hypot(se_seeds, se_tiles)), se_seeds, se_tiles)
+    se_seeds = float(per_seed.std(ddof=1) / np.sqrt(n))
+    covariance = np.cov(replicates)  # (n, n) over the resamples
+    shared = (covariance.sum() - np.trace(covariance)) / (n * (n - 1))
+    var_tiles = max(float(shared), 0.0) * T / (T - 1) if T > 1 else 0.0
+    seeds_part = se_seeds**2
+    # Welch-Satterthwaite: the seeds' variance has n - 1 degrees of freedom, the tiles' T - 1.
+    total = seeds_part + var_tiles
+    denominator = seeds_part**2 / (n - 1) + (var_tiles**2 / (T - 1) if T > 1 else 0.0)
+    df = int(total**2 / denominator) if denominator > 0 else n - 1
+    half_both = t_quantile(df) * math.sqrt(total)
+    return Difference(float(per_seed.mean()), n, t_quantile(n - 1) * se_seeds, half_both, se_seeds, se_tiles,
+                      var_tiles, df)
+
+
+def t_two_sided_p(t, df):
+    """P(|T| >= |t|) for Student's t with df degrees of freedom: the regularised incomplete
+    beta function I_x(df/2, 1/2) at x = df / (df + t^2)."""
+    if math.isinf(t):
+        return 0.0
+    return regularised_incomplete_beta(df / (df + t * t), df / 2, 0.5)
+
+
+def regularised_incomplete_beta(x, a, b):
+    """I_x(a, b) by its continued fraction (modified Lentz), on the side where it converges fast."""
+    if x <= 0 or x >= 1:
+        return float(x >= 1)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - regularised_incomplete_beta(1 - x, b, a)
+    tiny, f, c, d = 1e-300, 1.0, 1.0, 0.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            numerator = 1.0
+        elif i % 2 == 0:
+            numerator = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            numerator = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1.0 + numerator * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + numerator / c
+        c = c if abs(c) > tiny else tiny
+        f *= c * d
+        if abs(1.0 - c * d) < 1e-15:
+            break
+    return front * (f - 1.0) / a
+
+
+def holm(pvalues, alpha=1 - LEVEL):
+    """Holm's step-down procedure: which of a family of hypotheses are rejected with a
+    family-wise error rate of at most `alpha`. The i-th smallest p-value is compared with
+    alpha / (m - i + 1); the first that fails stops the rejections."""
+    rejected = [False] * len(pvalues)
+    for rank, i in enumerate(np.argsort(pvalues, kind="stable")):
+        if pvalues[i] > alpha / (len(pvalues) - rank):
+            break
+        rejected[i] = True
+    return rejected
 
 
 def claim_outcome(differences, direction):

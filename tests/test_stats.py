@@ -94,7 +94,7 @@ def test_paired_difference_over_seeds_and_tiles_by_hand():
         total = lambda runs, s: sum(np.array(runs[s]["per_tile"][tiles[i]]["confusion"]["full"]) for i in draw)
         boot.append(np.mean([stats.mean_f1(total(a, s)) - stats.mean_f1(total(b, s)) for s in range(3)]))
     assert d.se_tiles == pytest.approx(np.std(boot, ddof=1))
-    assert d.half_both == pytest.approx(4.3027 * math.hypot(se_seeds, np.std(boot, ddof=1)), rel=1e-4)
+    assert d.half_tiles_twice == pytest.approx(4.3027 * math.hypot(se_seeds, np.std(boot, ddof=1)), rel=1e-4)
 
 
 def test_a_gain_on_one_tile_is_resolved_over_seeds_but_not_over_seeds_and_tiles():
