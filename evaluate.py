@@ -84,7 +84,9 @@ def predict_tile(model, tile, scenarios, window, overlap, batch_size, device, am
     pair -> [sum, count]), adds the L2 distance between the penultimate
     features Z of each pair of scenarios, averaged over the window's pixels;
     under the key "z_full" it adds the L2 norm of the full scenario's Z, the
-    yardstick of a distance that a rescaling of Z cannot move.
+    yardstick of a distance that a rescaling of all of Z cannot move; under
+    "z_channels" the per-channel sums of standardised_distance, which no
+    rescaling of Z's channels can move.
     `channels_last` is the memory format of the model (see use_channels_last);
     the windows take it too, which spares the first convolution a copy."""
     H, W = tile.label.shape
@@ -108,6 +110,9 @@ def predict_tile(model, tile, scenarios, window, overlap, batch_size, device, am
             for (y, x), p_window in zip(batch, p):
                 probs[s][:, y : y + window, x : x + window] += p_window
         for key in distances or {}:
+            if key == "z_channels":
+                add_channel_sums(distances[key], outputs)
+                continue
             if key == "z_full":
                 distance = outputs["full"].z.float().norm(dim=1).mean(dim=(1, 2))  # (B,)
             else:
@@ -116,6 +121,32 @@ def predict_tile(model, tile, scenarios, window, overlap, batch_size, device, am
             distances[key][0] += distance.sum().item()
             distances[key][1] += len(batch)
     return {s: p[:, :H, :W].argmax(0).to(torch.uint8).cpu().numpy() for s, p in probs.items()}
+
+
+def add_channel_sums(sums, outputs):
+    """Adds a batch of windows to the per-channel sums of standardised_distance: pixels, the full
+    scenario's sum and sum of squares of each channel of Z, and each pair's sum of squared differences."""
+    z = {s: out.z.double() for s, out in outputs.items()}
+    batch = {"pixels": z["full"][:, 0].numel(), "full_sum": z["full"].sum((0, 2, 3)), "full_sumsq": z["full"].square().sum((0, 2, 3))}
+    batch.update({distance_name(pair): (z[pair[0]] - z[pair[1]]).square().sum((0, 2, 3)) for pair in DISTANCE_PAIRS})
+    for key, value in batch.items():
+        sums[key] = sums.get(key, 0) + (value if key == "pixels" else value.cpu().numpy())
+
+
+def standardised_distance(sums, pair):
+    """The distance of Z between the scenarios of `pair` with each channel in units of its own spread
+    in the full scenario: sqrt(mean over pixels of sum_c ((Z_a,c - Z_b,c) / sigma_c)^2), sigma_c the
+    standard deviation of channel c of the full scenario's Z over the same pixels. Z = ReLU(BN(.))
+    feeds a 1x1 classifier, so a channel times c_c > 0 (batch norm's scale and shift) and the
+    classifier's column divided by c_c leave the logits as they are and move the raw distance, but
+    not this one. Channels constant in the full scenario (dead after the ReLU) are left out. Works
+    on arrays of sums with leading axes (resamples of tiles)."""
+    pixels = np.asarray(sums["pixels"], np.float64)[..., None]
+    mean_square = np.asarray(sums["full_sumsq"]) / pixels
+    variance = mean_square - (np.asarray(sums["full_sum"]) / pixels) ** 2
+    alive = variance > 1e-9 * mean_square  # rounding leaves a constant channel's variance near, not at, 0
+    ratio = np.where(alive, np.asarray(sums[distance_name(pair)]) / np.where(alive, variance, 1.0), 0.0)
+    return np.sqrt(ratio.sum(-1) / pixels[..., 0])
 
 
 def evaluate_tiles(model, tiles, scenarios, window, overlap, batch_size, device, amp_dtype,
@@ -129,12 +160,14 @@ def evaluate_tiles(model, tiles, scenarios, window, overlap, batch_size, device,
     model.eval()  # batch norm with its running statistics; train.py switches back after validation
     confusion = {s: np.zeros((len(CLASSES),) * 2, np.int64) for s in scenarios}
     pairs = [pair for pair in DISTANCE_PAIRS if set(pair) <= set(scenarios)] if feature_distance else []
+    every_pair = len(pairs) == len(DISTANCE_PAIRS)
     keys = pairs + (["z_full"] if pairs and "full" in scenarios else [])
     distances = {key: [0.0, 0] for key in keys}
+    channel_sums = {}
     per_tile = {}
     for tile in tqdm(tiles, desc="tiles", unit="tile", disable=not progress):
         label = tile.label_eroded if eroded else tile.label
-        tile_distances = {key: [0.0, 0] for key in keys}
+        tile_distances = {key: [0.0, 0] for key in keys} | ({"z_channels": {}} if every_pair else {})
         predictions = predict_tile(model, tile, scenarios, window, overlap, batch_size, device, amp_dtype,
                                    tile_distances if keys else None, channels_last)
         per_tile[tile.name] = {"confusion": {}}
@@ -145,13 +178,19 @@ def evaluate_tiles(model, tiles, scenarios, window, overlap, batch_size, device,
             if save_dir is not None:
                 Image.fromarray(data.labels_to_rgb(pred)).save(Path(save_dir) / f"{tile.name}_{s}.png")
         if keys:
+            sums = tile_distances.pop("z_channels", None)
             windows = next(iter(tile_distances.values()))[1]
             per_tile[tile.name].update(windows=windows, feature_distance={
                 distance_name(key): total / windows for key, (total, _) in tile_distances.items()})
             for key, (total, count) in tile_distances.items():
                 distances[key][0] += total
                 distances[key][1] += count
+            if sums:
+                per_tile[tile.name]["z_channels"] = {k: v if k == "pixels" else v.tolist() for k, v in sums.items()}
+                channel_sums = {k: channel_sums.get(k, 0) + v for k, v in sums.items()}
     mean_distance = {key: total / max(count, 1) for key, (total, count) in distances.items()} if feature_distance else None
+    if channel_sums:
+        mean_distance["standardised"] = {pair: float(standardised_distance(channel_sums, pair)) for pair in DISTANCE_PAIRS}
     return {s: scores(c) for s, c in confusion.items()}, mean_distance, per_tile
 
 
@@ -180,21 +219,23 @@ def distance_name(key):
 
 
 def distances_by_name(distances):
-    """{(a, b): d, "z_full": n} -> {"a_vs_b": d, "z_full": n}, the JSON form of Table 3."""
-    return {distance_name(key): d for key, d in distances.items()}
+    """{(a, b): d, "z_full": n, "standardised": {(a, b): d}} -> the same with "a_vs_b" names, the JSON form of Table 3."""
+    return {distance_name(key): distances_by_name(d) if isinstance(d, dict) else d for key, d in distances.items()}
 
 
 def distance_table(distances):
     """The layout of the paper's Table 3: mean L2 distance between the
-    penultimate features Z of two scenarios, over all windows; and the same
-    divided by the mean norm of the full scenario's Z, which a rescaling of Z
-    cannot move."""
-    lines = [f"{'Scenario pair':<36}{'L2 distance of Z':>18}{'/ |Z full|':>12}"]
+    penultimate features Z of two scenarios, over all windows; the same
+    divided by the mean norm of the full scenario's Z, which a rescaling of
+    all of Z cannot move; and the standardised distance (standardised_distance),
+    which no rescaling of Z's channels can move (with all three scenarios)."""
+    lines = [f"{'Scenario pair':<36}{'L2 distance of Z':>18}{'/ |Z full|':>12}{'standardised':>14}"]
     for key, d in distances.items():
-        if key == "z_full":
+        if key in ("z_full", "standardised"):
             continue
         relative = f"{d / distances['z_full']:>12.4f}" if distances.get("z_full") else f"{'-':>12}"
-        lines.append(f"{SHORT_NAMES[key[0]] + ' vs ' + SHORT_NAMES[key[1]]:<36}{d:>18.4f}{relative}")
+        standardised = f"{distances['standardised'][key]:>14.4f}" if "standardised" in distances else f"{'-':>14}"
+        lines.append(f"{SHORT_NAMES[key[0]] + ' vs ' + SHORT_NAMES[key[1]]:<36}{d:>18.4f}{relative}{standardised}")
     return "\n".join(lines)
 
 

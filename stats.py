@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data import CLASSES
-from evaluate import SCORED
+from evaluate import SCORED, standardised_distance
 
 LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 2000  # of the test tiles; the bootstrap's own error on a standard error is then about 1.6%
@@ -126,6 +126,18 @@ def distance_statistic(pair, relative):
         denominator = (scale if relative else windows)[index].sum(1)
         with np.errstate(divide="ignore", invalid="ignore"):  # an untrained model's Z may be all 0: NaN
             return np.where(denominator > 0, distance[index].sum(1) / denominator, np.nan)
+
+    return statistic
+
+
+def standardised_distance_statistic(pair):
+    """evaluate.standardised_distance between the scenarios of `pair` over the tiles index[b],
+    from the per-channel sums each tile keeps ("z_channels"): each channel of Z in units of
+    its spread in the full scenario, so no rescaling of Z's channels moves it (claim 2's measure)."""
+    def statistic(run, tiles, index):
+        keys = run["per_tile"][tiles[0]]["z_channels"]
+        sums = {k: np.array([run["per_tile"][t]["z_channels"][k] for t in tiles], np.float64)[index].sum(1) for k in keys}
+        return standardised_distance(sums, pair)
 
     return statistic
 

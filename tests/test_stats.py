@@ -187,3 +187,51 @@ def test_relative_distance_ignores_a_rescaling_of_z(dataset):
         before, after = (reproduce.whole_test_set({0: run(t)}, stats.distance_statistic(pair, True))[0]
                          for t in (per_tile, rescaled_tiles))
         assert after == pytest.approx(before, rel=1e-5)
+
+
+def test_standardised_distance_ignores_a_rescaling_of_each_channel_of_z(dataset):
+    """Each channel j of Z times its own c_j > 0 (the merge batch norm's scale and shift), the
+    classifier's column j divided by c_j: the logits stay, the raw and relative distances move,
+    the standardised distance (claim 2's measure), per tile and over the tiles, does not."""
+    torch.manual_seed(0)
+    model = DIS2(DIS2Config(width=4, embed_dim=16, heads=2, depth=1, pos_size=32)).eval()
+    tiles = data.load_split(dataset, "test")
+    cpu = torch.device("cpu")
+    evaluation = lambda: evaluate.evaluate_tiles(model, tiles, list(SCENARIOS), 32, 8, 2, cpu, None,
+                                                 feature_distance=True, progress=False)
+    scores, raw, per_tile = evaluation()
+    head = model.fusion_decoder("full")
+    factors = torch.linspace(0.3, 3.0, head.classifier.in_channels)
+    with torch.no_grad():
+        head.decoder.merge[1].weight *= factors
+        head.decoder.merge[1].bias *= factors
+        head.classifier.weight /= factors[None, :, None, None]
+    rescaled_scores, rescaled, rescaled_tiles = evaluation()
+    assert rescaled_scores == scores
+    run = lambda tiles_: {0: {"per_tile": tiles_}}
+    for pair in evaluate.DISTANCE_PAIRS:
+        assert rescaled[pair] != pytest.approx(raw[pair], rel=0.05)
+        relative = [reproduce.whole_test_set(run(t), stats.distance_statistic(pair, True))[0] for t in (per_tile, rescaled_tiles)]
+        assert relative[1] != pytest.approx(relative[0], rel=1e-3)  # moved, if less than the raw one
+        assert rescaled["standardised"][pair] == pytest.approx(raw["standardised"][pair], rel=1e-5)
+        assert raw["standardised"][pair] > 0
+        statistic = stats.standardised_distance_statistic(pair)
+        over_tiles = [reproduce.whole_test_set(run(t), statistic)[0] for t in (per_tile, rescaled_tiles)]
+        assert over_tiles[1] == pytest.approx(over_tiles[0], rel=1e-5)
+        assert over_tiles[0] == pytest.approx(raw["standardised"][pair], rel=1e-9)
+
+
+def test_standardised_distance_by_hand():
+    """sqrt(mean_pixels sum_c (dZ_c / sigma_c)^2) from two tiles' sums, against the formula on the pixels."""
+    rng = np.random.default_rng(0)
+    z = {s: rng.normal(1, [0.5, 2.0, 0.0], (2, 10, 3)) for s in SCENARIOS}  # (tiles, pixels, channels); channel 2 constant
+    z["full"][..., 2] = 4.0
+    sums = lambda t: {"pixels": 10, "full_sum": z["full"][t].sum(0).tolist(), "full_sumsq": (z["full"][t] ** 2).sum(0).tolist(),
+                      **{f"{a}_vs_{b}": ((z[a][t] - z[b][t]) ** 2).sum(0).tolist() for a, b in evaluate.DISTANCE_PAIRS}}
+    run = {"per_tile": {f"t{t}": {"z_channels": sums(t)} for t in range(2)}}
+    pixels = {s: z[s].reshape(20, 3) for s in SCENARIOS}
+    sigma = pixels["full"].std(0)
+    for a, b in evaluate.DISTANCE_PAIRS:
+        expected = np.sqrt((((pixels[a] - pixels[b])[:, :2] / sigma[:2]) ** 2).sum(1).mean())
+        value = stats.standardised_distance_statistic((a, b))(run, ["t0", "t1"], np.array([[0, 1]]))[0]
+        assert value == pytest.approx(expected, rel=1e-12)

@@ -81,17 +81,22 @@ def test_evaluate_writes_the_json_table_and_colour_maps(trained_run, dataset, tm
         values = [*result["f1"].values(), result["mF1"], result["mIoU"], result["OA"]]
         assert all(v is None or 0 <= v <= 100 for v in values)
         assert result["OA"] is not None
-    assert set(report["feature_distance"]) == {"full_vs_missing_rgir", "full_vs_missing_ndsm", "missing_rgir_vs_missing_ndsm",
-                                               "z_full"}
+    pairs = {"full_vs_missing_rgir", "full_vs_missing_ndsm", "missing_rgir_vs_missing_ndsm"}
+    assert set(report["feature_distance"]) == pairs | {"z_full", "standardised"}
+    assert set(report["feature_distance"]["standardised"]) == pairs
     # Per-tile confusions add up to the scores; per-tile distances, weighted by windows, to the distances.
     tiles = report["per_tile"]
     assert set(tiles) == {tile.name for tile in data.load_split(dataset, "test")}
     for scenario, result in report["scenarios"].items():
         total = sum(np.array(tile["confusion"][scenario]) for tile in tiles.values())
         assert evaluate.scores(total) == result
-    for name, distance in report["feature_distance"].items():
+    for name in pairs | {"z_full"}:
         weighted = sum(t["feature_distance"][name] * t["windows"] for t in tiles.values()) / sum(t["windows"] for t in tiles.values())
-        assert weighted == pytest.approx(distance)
+        assert weighted == pytest.approx(report["feature_distance"][name])
+    # The standardised distance, from the per-tile sums added up.
+    sums = {k: sum(np.array(t["z_channels"][k]) for t in tiles.values()) for k in next(iter(tiles.values()))["z_channels"]}
+    for name, distance in report["feature_distance"]["standardised"].items():
+        assert evaluate.standardised_distance(sums, tuple(name.split("_vs_"))) == pytest.approx(distance)
     test_tiles = data.load_split(dataset, "test")
     for tile in test_tiles:
         for scenario in ("full", "missing_rgir", "missing_ndsm"):
