@@ -47,6 +47,11 @@ from dis2 import (ABLATIONS, DIS2, MODALITIES, OTHER, SCENARIOS, DIS2Config, Enc
 from losses import segmentation_loss
 
 SHASPEC_TERMS = ("seg_full", "seg_miss", "aux", "align", "domain")  # the keys of shaspec_loss's terms, in order
+ALIGNMENTS = ("levels", "authors")  # ShaSpecConfig.alignment
+# The ShaSpec variants train.py --ablation trains: DAO averaged over the levels (the pair counted once), and
+# DAO as the authors' train_SS.py computes it, which pulls on the shared encoder about 7 times as hard at
+# initialisation (docs/design.md).
+SHASPEC_VARIANTS = {"shaspec": dict(alignment="levels"), "shaspec-authors": dict(alignment="authors")}
 
 
 # -----------------------------------------------------------------------------
@@ -129,10 +134,15 @@ class ShaSpecConfig:
     # Loss weights of ShaSpec's objective, the authors' (train_SS.py):
     alpha: float = 0.1  # distribution alignment (DAO)
     beta: float = 0.02  # domain classification (DCO)
+    # DAO's form (alignment_loss): "levels", the L1 at each level averaged over the levels, the pair once;
+    # "authors", the authors' cyclic sum over the modalities at the bottleneck (our pair twice).
+    alignment: str = "levels"
     classwise: ClassVar[bool] = False  # no classwise attention (DIS2 Eq. 9-10): predict.py asks
     widths: tuple = field(init=False)
 
     def __post_init__(self):
+        if self.alignment not in ALIGNMENTS:
+            raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {self.alignment!r}")
         hf = self.fusion_decoder_config()  # DIS2Config's rules fill the defaults
         self.widths, self.embed_dim = hf.widths, hf.embed_dim
         self.class_width, self.z_channels = hf.class_width, hf.z_channels
@@ -247,14 +257,20 @@ class ShaSpec(nn.Module):
 # The objective
 
 
-def alignment_loss(shared_a, shared_b):
+def alignment_loss(shared_a, shared_b, form="levels"):
     """ShaSpec's distribution alignment objective for two modalities: L1
     between their shared features, per position and channel (the authors'
     nn.L1Loss on feature maps, not on pooled vectors: a stand-in fills the slot
-    position by position), at every level, averaged over the levels so that
-    alpha keeps the scale it has for the authors' single level."""
-    # ShaSpec, DAO: l_DAO = 1/L sum_i mean |r_i^rgir - r_i^ndsm|. The authors'
-    # cyclic sum over modality pairs would count our one pair twice; once here.
+    position by position). `form` "levels": at every level, averaged over the
+    levels, the pair counted once, so that the loss keeps the scale of the
+    authors' single level; "authors": as the authors' train_SS.py, at the
+    bottleneck only, summed over the cycle of modalities m -> m+1 (mod M),
+    which for our two modalities counts the pair twice."""
+    if form == "authors":
+        # ShaSpec, DAO as the authors compute it: l_DAO = sum_m mean |r_L^m - r_L^(m+1 mod M)|, M = 2
+        shared = (shared_a[-1].float(), shared_b[-1].float())
+        return sum(F.l1_loss(shared[m], shared[(m + 1) % 2]) for m in range(2))
+    # ShaSpec, DAO: l_DAO = 1/L sum_i mean |r_i^rgir - r_i^ndsm|
     return sum(F.l1_loss(a.float(), b.float()) for a, b in zip(shared_a, shared_b)) / len(shared_a)
 
 
@@ -269,7 +285,8 @@ def domain_loss(domain_logits):
     return F.cross_entropy(logits, labels)
 
 
-def shaspec_loss(full, miss, target, missing, class_weights=None, alpha=ShaSpecConfig.alpha, beta=ShaSpecConfig.beta):
+def shaspec_loss(full, miss, target, missing, class_weights=None, alpha=ShaSpecConfig.alpha, beta=ShaSpecConfig.beta,
+                 alignment=ShaSpecConfig.alignment):
     """ShaSpec's objective for one batch: `full` and `miss` are the
     ShaSpecOutput of the full scenario and of the scenario where `missing`
     ("rgir" or "ndsm") is missing. The task loss is ours, as losses.dis2_loss
@@ -285,7 +302,7 @@ def shaspec_loss(full, miss, target, missing, class_weights=None, alpha=ShaSpecC
     terms = dict(seg_full=seg(full.logits), seg_miss=seg(miss.logits))
     # DIS2 Eq. 13 on HF's decoder, so that the decoder trains as HF's does
     terms["aux"] = sum(seg(y) for out in (full, miss) for y in out.aux_logits)
-    terms["align"] = alignment_loss(full.shared["rgir"], full.shared["ndsm"])
+    terms["align"] = alignment_loss(full.shared["rgir"], full.shared["ndsm"], alignment)
     terms["domain"] = domain_loss(full.domain_logits)
     # ShaSpec, total objective: l = l_task + alpha l_DAO + beta l_DCO
     total = terms["seg_full"] + terms["seg_miss"] + terms["aux"] + alpha * terms["align"] + beta * terms["domain"]

@@ -233,6 +233,26 @@ def test_loss_terms_match_independent_computations():
     assert total.item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_the_authors_alignment_is_the_cyclic_sum_at_the_bottleneck():
+    """train_SS.py's DAO: L1(r^0, r^1) + L1(r^1, r^0) at the bottleneck for two modalities, twice the
+    bottleneck's L1, whatever the other levels hold; the levels' form weighs the bottleneck 1/L."""
+    rng = np.random.default_rng(0)
+    full, miss = fake_output(rng, ("rgir", "ndsm")), fake_output(rng, ("ndsm",))
+    labels = torch.tensor(rng.integers(0, 3, size=(2, 4, 4)))
+    _, levels = shaspec_loss(full, miss, labels, "rgir", alignment="levels")
+    total, authors = shaspec_loss(full, miss, labels, "rgir", alignment="authors")
+    a, b = (full.shared[m][-1].numpy() for m in ("rgir", "ndsm"))
+    assert authors["align"].item() == pytest.approx(2 * np.abs(a - b).mean(), rel=1e-6)
+    assert authors["align"].item() != pytest.approx(levels["align"].item(), rel=1e-3)
+    for m in ("rgir", "ndsm"):
+        full.shared[m][0] += 5.0  # level 1 of one modality only: the authors' form does not see it
+    assert shaspec_loss(full, miss, labels, "rgir", alignment="authors")[1]["align"] == authors["align"]
+    assert total.item() == pytest.approx(sum(v.item() for k, v in authors.items() if k not in ("align", "domain"))
+                                         + 0.1 * authors["align"].item() + 0.02 * authors["domain"].item(), rel=1e-6)
+    with pytest.raises(ValueError, match="alignment must be one of"):
+        ShaSpecConfig(alignment="pairs")
+
+
 def test_loss_defaults_are_the_authors_weights_and_refuses_swapped_outputs():
     rng = np.random.default_rng(1)
     full, miss = fake_output(rng, ("rgir", "ndsm")), fake_output(rng, ("ndsm",))
