@@ -80,21 +80,25 @@ MOVED = {
 }
 
 
-def training_parser(description="Train DIS2 on ISPRS Vaihingen or Potsdam."):
-    """The flags of a training run; reproduce.py adds its own to the same parser."""
+def training_parser(description="Train DIS2 on ISPRS Vaihingen or Potsdam.", budget_defaults=None):
+    """The flags of a training run; reproduce.py adds its own to the same parser. `budget_defaults`:
+    flag name -> the default its help states (default: BUDGET's, the paper's sizes)."""
+    said = budget_defaults or {**{name: f"{value}" for name, value in BUDGET.items()}, "width": "the paper's 32"}
     p = data.ArgumentParser(description=description)
     p.add_argument("--data", help="directory holding the ISPRS files (any layout below it)")
     p.add_argument("--dataset", choices=data.DATASETS, help="override the detected dataset")
-    p.add_argument("--epochs", type=data.positive_int, help="epochs to train (default 100)")
-    p.add_argument("--batch-size", type=data.positive_int, help="patches per step and process (default 8)")
-    p.add_argument("--patch", type=data.positive_int, help="side of the square training patches, a multiple of 16 (default 512)")
-    p.add_argument("--samples-per-epoch", type=data.positive_int, help="random patches per epoch (default 2000)")
+    p.add_argument("--epochs", type=data.positive_int, help=f"epochs to train (default {said['epochs']})")
+    p.add_argument("--batch-size", type=data.positive_int, help=f"patches per step and process (default {said['batch_size']})")
+    p.add_argument("--patch", type=data.positive_int,
+                   help=f"side of the square training patches, a multiple of 16 (default {said['patch']})")
+    p.add_argument("--samples-per-epoch", type=data.positive_int,
+                   help=f"random patches per epoch (default {said['samples_per_epoch']})")
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
                    help="adamw: AdamW, warm-up and cosine decay; sgd: the authors' SGD (Nesterov momentum 0.99, "
                         "cosine warm restarts every 15 steps)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     p.add_argument("--width", type=data.positive_int, help="encoder channels at level 1; the transformer (8 x width) and the per-class decoders (width / 2) "
-                        "follow it (default: the paper's 32)")
+                        f"follow it (default: {said['width']})")
     p.add_argument("--ablation", choices=VARIANTS, default="dis2",
                    help="the variant of Table 2, or ShaSpec on HF's fusion and decoder (Table 1's comparison): shaspec "
                         "aligns its shared features at every level, shaspec-authors as the authors' code (docs/design.md)")

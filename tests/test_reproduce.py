@@ -13,6 +13,7 @@ import figures
 import reproduce
 import runtime
 import stats
+import stats
 import synth
 import train
 from dis2 import SCENARIOS
@@ -38,7 +39,8 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
             assert seconds > 0 and seconds == runtime.load_checkpoint(run / "last.pt")["state"]["train_seconds"]
 
     tables = (out / "tables.md").read_text()
-    for heading in ("## Table 1 analogue", "## Table 2 analogue", "## Paired differences against HF",
+    for heading in ("## The primary questions", "## Table 1 analogue", "## Table 2 analogue",
+                    "## Paired differences against HF",
                     "## The two DIS2 layouts", "## What moves the margin", "## Table 1's comparison",
                     "## Table 3 analogue", "## Training: has the loss flattened?", "## The paper's claims"):
         assert tables.count(heading) == 1, heading
@@ -48,17 +50,23 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
         assert " ± " in table2
     paired = tables.split("## Paired differences")[1].split("## The two DIS2 layouts")[0]
     against_hf = [v for v in reproduce.REPRODUCTION if reproduce.baseline(v) == "hf"]
-    assert len(against_hf) == 6 and paired.count("(n=2)") == 3 * 6 * 2  # every scenario, both clutter protocols
+    assert len(against_hf) == 7 and paired.count("(n=2)") == 3 * 7 * 2  # every scenario, both clutter protocols
     layouts = tables.split("## The two DIS2 layouts")[1].split("## What moves the margin")[0]
     assert layouts.count("(n=2)") == 3 * 2  # one row per scenario, both protocols
     claims = [line for line in tables.split("## The paper's claims")[1].splitlines() if line.startswith("- ")]
-    assert len(claims) == 8  # beats HF and shrinks the distance (two layouts each), beats ShaSpec, hardest (three)
+    assert len(claims) == 9  # beats HF, shrinks the distance (two layouts each), beats each ShaSpec, hardest (three)
     margins = tables.split("## What moves the margin")[1].split("## Table 1's comparison")[0]
     margin_rows = [line for line in margins.splitlines() if line.startswith("| ")]
     assert sum(row.count("(n=2)") for row in margin_rows) == len(reproduce.MARGINS) * 2 * 2  # two scenarios, protocols
     assert margins.count("Reading (clutter counted") == 1 and all(f in margins for f in reproduce.MARGIN_FACTORS.values())
     shaspec = tables.split("## Table 1's comparison: DIS2 minus ShaSpec")[1].split("## Table 3")[0]
-    assert shaspec.count("(n=2)") == 3 * 2
+    assert shaspec.count("(n=2)") == 3 * 2 * 2  # two ShaSpecs
+    primary = tables.split("## The primary questions")[1].split("## Table 1 analogue")[0]
+    rows = [line.split(" | ") for line in primary.splitlines() if line.startswith("| P")]
+    assert [row[0] for row in rows] == ["| P1", "| P2", "| P3", "| P4", "| P5"]
+    assert all("(n=2)" in row[3] and row[6] in ("better", "worse", "not resolved") for row in rows)
+    assert [row[7] for row in rows] == ["+5.62", "+1.88", "+2.26", "+5.84", "+6.52"]
+    assert tables.count("(exploratory") >= 9
     assert all(any(f"**{o}**" in c for o in ("holds", "does not hold", "not resolved")) for c in claims)
 
     results = json.loads((out / "results.json").read_text())
@@ -68,7 +76,8 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
         for run in runs.values():  # per-tile confusions: any statistic can be recomputed without the model
             assert run["test_set"] == f"the test split of {root}" and set(run["per_tile"]) == {t.name for t in test_tiles}
     difference = results["differences"]["vs_hf"]["ignored"]["missing_rgir"]["dis2"]
-    assert difference["n"] == 2 and difference["ci95_seeds_and_tiles"] >= difference["ci95_seeds"] >= 0
+    assert difference["n"] == 2 and difference["ci95_seeds_and_tiles"] >= 0 and difference["ci95_seeds"] >= 0
+    assert difference["df"] >= 1 and 0 <= difference["p"] <= 1
     # Table 3 pairs each variant with HF at its own budget: DIS2 at twice the budget with HF at twice it,
     # recomputed here from the per-tile distances (window-weighted means of Z's distance and norm).
     def relative_distance(run):
@@ -80,7 +89,7 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
                        for s in ("0", "1")])
     assert doubled["n"] == 2 and doubled["mean"] == pytest.approx(by_hand)
     table3 = tables.split("## Table 3 analogue")[1].split("## Training")[0]
-    assert all(row.count("(n=2)") == 2 for row in table3.splitlines() if "| DIS2, twice the budget |" in row)
+    assert all(row.count("(n=2)") == 3 for row in table3.splitlines() if "| DIS2, twice the budget |" in row)
     assert all(set(run["scores"]) == set(SCENARIOS) for runs in results["runs"].values() for run in runs.values())
     assert all(len(curve) == reproduce.REPRODUCTION[v].get("budget", 1)  # one epoch per budget
                for v, runs in results["training_curves"].items() for curve in runs.values())
@@ -187,7 +196,7 @@ def test_report_tabulates_the_finished_runs_and_names_the_rest(tmp_path, capsys)
     assert f"; interim: 3 of {total} runs finished, still to train: hf seeds 2, 3, 4, 5, 6, 7, 8, 9; " in title
     assert "; dis2 seeds 1, 2, 3, 4, 5, 6, 7, 8, 9; " in title and "; hf+cw seed 0; " in title and "; shaspec seeds 0, 1, 2, 3, 4; " in title
     assert "| Hierarchical Fusion (HF) (2 seeds) |" in tables and "| HF + CW + DLKD (DIS2) (1 seed) |" in tables
-    assert "ShaSpec" not in tables and "## Paired differences against HF" in tables
+    assert "## Table 1's comparison" not in tables and "## Paired differences against HF" in tables
     results = json.loads((out / "results.json").read_text())
     assert set(results["runs"]) == {"hf", "dis2"} and set(results["runs"]["hf"]) == {"0", "1"}
     assert results["differences"]["vs_hf"]["counted"]["missing_rgir"]["dis2"]["n"] == 1  # paired on the common seed
@@ -256,3 +265,25 @@ def test_margin_reading_says_which_factor_moves_the_margin():
     del margins["counted"][budget], margins["ignored"][budget]
     assert "twice the budget" not in reproduce.margin_reading(margins)
     assert reproduce.margin_reading({"counted": {}, "ignored": {}}) == ""
+
+
+def test_primary_family_is_decided_by_holm_and_placed_against_the_paper():
+    """Five p-values through Holm's step-down (an unrun question keeps p = 1), and the paper's value
+    inside, above or below each 95% interval."""
+    def difference(mean, se):  # df 9, as for 10 seeds with no shared tile noise
+        return stats.Difference(mean, 10, 2.2622 * se, 2.2622 * se, se, 0.1, 0.0, 9)
+    d = {"missing_rgir": difference(2.0, 0.5), "missing_ndsm": difference(1.5, 0.6)}  # p 0.0031 and 0.034
+    found = {"vs_hf": {"counted": {s: {"dis2": d[s]} for s in d}},
+             "shaspec": {"shaspec-authors": {"counted": {"full": difference(0.1, 1.0), "missing_rgir": difference(-3.0, 0.5),
+                                                         "missing_ndsm": difference(6.0, 2.0)}}}}
+    family = reproduce.primary_family(found)
+    assert [row[0] for row in family] == ["P1", "P2", "P3", "P4", "P5"]
+    p = [row[4].p for row in family]
+    assert p[0] == pytest.approx(0.0031, abs=1e-4) and p[3] < 3e-4 and p[4] == pytest.approx(0.015, abs=1e-3)
+    # Sorted: P4 (< 0.01), P1 (<= 0.0125), P5 (0.015 <= 0.0167), P2 (0.034 > 0.025): stop; P3 not reached.
+    assert [row[5] for row in family] == ["better", "not resolved", "not resolved", "worse", "better"]
+    assert [row[6] for row in family] == ["smaller than the paper's", "consistent with the paper",
+                                          "consistent with the paper", "smaller than the paper's", "consistent with the paper"]
+    del found["shaspec"]["shaspec-authors"]  # not yet run: P3-P5 count with p = 1
+    assert [row[5] for row in reproduce.primary_family(found)] == ["better", "not resolved", "not resolved",
+                                                                   "not resolved", "not resolved"]
