@@ -3,7 +3,9 @@ DIS2: Disentanglement Meets Distillation with Classwise Attention
 for Robust Remote Sensing Segmentation under Missing Modalities
 (Kieu, Nguyen, Wiliem, Fookes, Sridharan; WACV 2026 workshop).
 
-Read this file beside the paper (../shared/paper/DIS2.md). Two modalities,
+Read this file beside the paper; docs/annotated/dis2.html shows its notes,
+with the equations typeset, beside the code (python tools/annotate.py writes
+it), and the authors' code is at github.com/nhikieu/DIS2. Two modalities,
 an IRRG orthophoto (RGIR, 3 bands) and a normalised height model (NDSM,
 1 band), are each encoded twice (Eq. 1): a Distinct encoder keeps what is
 specific to the modality, a Supplement encoder learns what the *other*
@@ -170,7 +172,7 @@ class ConvFusion(nn.Module):
         )
 
     def forward(self, a, b, prev=None):
-        # Eq. 7: F_i = phi_i(Concat(a_i, b_i))
+        # Eq. 7: $F_i = \phi_i(\mathrm{Concat}(a_i, b_i))$
         fused = self.phi(torch.cat([a, b], dim=1))  # (B, C_i, H_i, W_i)
         if exists(self.from_prev):
             fused = fused + self.from_prev(prev)
@@ -232,7 +234,7 @@ class TransformerFusion(nn.Module):
         tokens_a = self.proj_a(a).flatten(2).transpose(1, 2) + pos[0]  # (B, h*w, dim)
         tokens_b = self.proj_b(b).flatten(2).transpose(1, 2) + pos[1]
         token_prev = self.proj_prev(self.pool_prev(prev)).unsqueeze(1) + self.prev_embed  # (B, 1, dim)
-        # Eq. 8: F_L = T(Concat(t*, a_L, b_L), F_{L-1})
+        # Eq. 8: $F_L = \mathcal{T}(\mathrm{Concat}(t^*, a_L, b_L), F_{L-1})$
         tokens = torch.cat([self.fusion_token.expand(B, -1, -1), tokens_a, tokens_b, token_prev], dim=1)
         tokens = self.norm(self.blocks(tokens))  # (B, 2*h*w + 2, dim)
         fusion_token = tokens[:, 0]  # (B, dim): the compact level-L representation used in Eq. 4
@@ -282,10 +284,10 @@ class ClasswiseAttention(nn.Module):
 
     def forward(self, f_last):
         B, C, h, w = f_last.shape
-        # Eq. 9: alpha_k = soft(q_k F_L / sqrt(C)), softmax over the h*w positions
+        # Eq. 9: $\alpha_k = \mathrm{soft}(q_k F_L / \sqrt{C})$, softmax over the h*w positions
         scores = torch.einsum("kc,bcn->bkn", self.queries, f_last.flatten(2)) / math.sqrt(C)
         alpha = scores.softmax(dim=-1).view(B, -1, h, w)  # (B, K, h, w)
-        # Eq. 10: M_k = alpha_k F_L. The softmax weights sum to 1, so we scale by
+        # Eq. 10: $M_k = \alpha_k F_L$. The softmax weights sum to 1, so we scale by
         # h*w: a uniform alpha_k then leaves F_L unchanged at any patch size.
         m = (h * w) * alpha.unsqueeze(2) * f_last.unsqueeze(1)  # (B, K, C, h, w)
         return m.flatten(1, 2), alpha  # (B, K*C, h, w): class k owns channels [k*C, (k+1)*C)
@@ -327,17 +329,17 @@ class Decoder(nn.Module):
         self.merge = ConvBNReLU(width, z_channels, kernel=1, norm=norm)
 
     def forward(self, x, fused, size):
-        # Eq. 11, l = L: D_k^L = phi_k^L(M_k)
+        # Eq. 11, l = L: $D_k^L = \phi_k^L(M_k)$
         d = self.first(x)  # (B, K*d, H/16, W/16)
         decoded = [d]
         for level, f in zip(reversed(self.levels), reversed(fused[:-1])):
-            # Eq. 11, l < L: D_k^l = phi_k^l([F_l, Up(D_k^{l+1})])
+            # Eq. 11, l < L: $D_k^l = \phi_k^l([F_l, \mathrm{Up}(D_k^{l+1})])$
             d = level(f, d)  # (B, K*d, H_l, W_l)
             decoded.append(d)
         decoded.reverse()  # level 1 first
-        # Eq. 12: Z = phi(Concat_k D_k^1). D^1 already holds the classes side
-        # by side in its channels; phi is a 1x1 convolution at H/2, and the
-        # caller upsamples Z to H.
+        # Eq. 12: $Z = \phi(\mathrm{Concat}(D_1^1, \dots, D_K^1))$. D^1 already holds
+        # the classes side by side in its channels; phi is a 1x1 convolution at
+        # H/2, and the caller upsamples Z to H.
         z_half = self.merge(decoded[0])  # (B, C_z, H/2, W/2)
         aux_logits = [upsample(head(d), size) for head, d in zip(self.aux_heads, decoded)]
         return z_half, aux_logits
@@ -550,7 +552,7 @@ class DIS2(nn.Module):
         images = {"rgir": rgir, "ndsm": ndsm}
         size = next(x for x in images.values() if exists(x)).shape[-2:]
         features, uni_logits = {}, {}
-        # Eq. 1: {x_i^m} = f_Dist^m(I^m), {x'_i^m} = f_Supp^m(I^m)
+        # Eq. 1: $\{x_i^m\} = f_{Dist}^m(I^m), \{{x'}_i^m\} = f_{Supp}^m(I^m)$
         for m, x in images.items():
             if exists(x):
                 features[f"{m}_dist"] = self.encoders[f"{m}_dist"](x)

@@ -30,7 +30,8 @@ def orthogonal_loss(dist, supp):
     The cosine is taken on the raw features, so scaling either changes nothing."""
     if len(dist) != len(supp):
         raise ValueError(f"orthogonal_loss needs one Supplement feature per Distinct feature, got {len(dist)} and {len(supp)}")
-    # Eq. 2: L_orth = sum_i 1/N sum_j ( x_ij . x'_ij / (||x_ij|| ||x'_ij||) )^2
+    # Eq. 2: $L_{orth} = \sum_i \frac{1}{N} \sum_j
+    #         \left(\frac{x_{ij} \cdot x'_{ij}}{\|x_{ij}\| \|x'_{ij}\|}\right)^2$
     return sum(F.cosine_similarity(x.float(), x_supp.float(), dim=1).pow(2).mean() for x, x_supp in zip(dist, supp))
 
 
@@ -43,7 +44,8 @@ def feature_distillation_loss(student, teacher, normalise=False):
     if len(student) != len(teacher):
         raise ValueError(f"feature_distillation_loss needs matching sequences, got {len(student)} and {len(teacher)}")
     unit = (lambda x: F.normalize(x, p=2, dim=1, eps=1e-6)) if normalise else (lambda x: x)
-    # Eq. 4: L_distill^feat = sum_i ||F_i^miss - sg(F_i^full)||^2 + ||Z^miss - sg(Z^full)||^2
+    # Eq. 4: $L_{distill}^{feat} = \sum_i \|F_i^{miss} - \mathrm{sg}(F_i^{full})\|^2
+    #                            + \|Z^{miss} - \mathrm{sg}(Z^{full})\|^2$
     return sum(F.mse_loss(unit(s.float()), unit(t.detach().float())) for s, t in zip(student, teacher))
 
 
@@ -56,7 +58,7 @@ def logit_distillation_loss(student_logits, teacher_logits, temperature=2.0, cla
     T = temperature
     log_p_student = F.log_softmax(student_logits.float() / T, dim=1)
     log_p_teacher = F.log_softmax(teacher_logits.detach().float() / T, dim=1)
-    # Eq. 5: L_distill^logit = T^2 KL( soft(z_full / T) || log_soft(z_miss / T) )
+    # Eq. 5: $L_{distill}^{logit} = T^2 \mathrm{KL}(\mathrm{soft}(z^{full} / T) \| \mathrm{log\_soft}(z^{miss} / T))$
     kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="none")
     kl = kl.mean(dim=1) if class_mean else kl.sum(dim=1)
     return T**2 * kl.mean()
@@ -148,12 +150,13 @@ def dis2_loss(full, miss, target, missing, class_weights=None, temperature=2.0, 
         terms["distill_logit"] = logit_distillation_loss(miss.logits, full.logits, temperature, class_mean=authors)
     terms["uni_rgir"] = seg(full.uni_logits["rgir"])
     terms["uni_ndsm"] = seg(full.uni_logits["ndsm"])
-    # Eq. 13: L_aux = sum_l L_seg(Y^l, Y), for the decoder levels of both scenarios
+    # Eq. 13: $L_{aux} = \sum_l L_{seg}(\hat{Y}^l, Y)$, for the decoder levels of both scenarios
     terms["aux"] = sum(seg(y) for out in (full, miss) for y in out.aux_logits)
-    # Eq. 3: L_distill = L_distill^feat + L_distill^logit (weighted 1 in Eq. 14; the authors' loop: 5, or 0 early on)
+    # Eq. 3: $L_{distill} = L_{distill}^{feat} + L_{distill}^{logit}$, weighted 1 in Eq. 14
+    # (the authors' loop: 5, or 0 early on)
     distill = distill_weight * (terms["distill_feat"] + terms["distill_logit"])
-    # Eq. 6: L_DLKD = L_orth + L_distill
+    # Eq. 6: $L_{DLKD} = L_{orth} + L_{distill}$
     dlkd = terms["orth"] + distill
-    # Eq. 14: L = L_seg(Y_full) + L_seg(Y_miss) + L_DLKD + sum_m L_uni^m + L_aux
+    # Eq. 14: $L = L_{seg}(\hat{Y}^{full}, Y) + L_{seg}(\hat{Y}^{miss}, Y) + L_{DLKD} + \sum_m L_{uni}^m + L_{aux}$
     total = terms["seg_full"] + terms["seg_miss"] + dlkd + terms["uni_rgir"] + terms["uni_ndsm"] + terms["aux"]
     return total, terms
