@@ -4,7 +4,8 @@ models_bank/DLKD_ver4.py), measured the same way in one command, so that a
 speed-up splits into less arithmetic (GFLOP per step) and faster arithmetic
 (achieved GFLOP/s):
 
-    python tools/compare_authors.py --authors-code ../shared/authors_code
+    git clone https://github.com/nhikieu/DIS2 ../DIS2-authors
+    python tools/compare_authors.py --authors-code ../DIS2-authors
 
 The authors' code is imported from the folder given, never copied. For each
 model: GFLOP per training step and per full-modality inference (counted once
