@@ -26,7 +26,8 @@ from torch.utils import flop_counter
 import data
 from dis2 import SCENARIOS
 from evaluate import evaluate_tiles
-from runtime import PRECISIONS, autocast_dtype, check_patch, precision, prepared, resolve_device, use_channels_last
+from runtime import (PRECISIONS, autocast_dtype, check_patch, native_bf16, precision, prepared, resolve_device,
+                     use_channels_last)
 from train import (
     NonFiniteLoss,
     build_model,
@@ -43,7 +44,9 @@ BENCHMARK_WARMUP = 2
 
 def measure(step, images_per_step, device, warmup, repeats):
     """Runs `step` `warmup` times, then times `repeats` calls. Peak memory is
-    the process's peak resident set on CPU, the allocator's peak on CUDA."""
+    the process's peak resident set on CPU; on CUDA the allocator's peak of
+    tensors, and what the GPU must hold: the allocator's peak reserve plus the
+    CUDA context (the device's memory in use before the first tensor)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     for _ in range(warmup):
         step()
@@ -56,13 +59,18 @@ def measure(step, images_per_step, device, warmup, repeats):
         step()
         sync()
         seconds.append(time.perf_counter() - start)
+    memory = {}
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
+        free, total = torch.cuda.mem_get_info(device)
+        context = (total - free - torch.cuda.memory_reserved(device)) / 2**20  # used, not by this allocator
+        memory = dict(peak_reserved_mb=torch.cuda.max_memory_reserved(device) / 2**20, context_mb=context)
+        memory["gpu_needs_mb"] = memory["peak_reserved_mb"] + context
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
     median = float(np.median(seconds))
     return dict(step_s_median=median, step_s_min=min(seconds), step_s_max=max(seconds),
-                images_per_s=images_per_step / median, peak_mem_mb=peak, repeats=repeats)
+                images_per_s=images_per_step / median, peak_mem_mb=peak, repeats=repeats, **memory)
 
 
 # FlopCounterMode knows the attention kernels of CUDA but not the one that
@@ -155,6 +163,10 @@ def training_benchmark(args, device, amp_dtype):
     failed = [name for name, outcome in checked.items() if outcome != "ok"]
     if args.amp in failed:
         sys.exit(1)  # the self-check's line says what failed; the timing would fail the same way
+    if args.compile:
+        # The self-check's small inputs in three precisions filled Dynamo's recompile slots and
+        # turned its shapes dynamic; the timed steps compile afresh, static, as training's do.
+        torch._dynamo.reset()
     torch.manual_seed(args.seed)
     net = build_model(args).to(device)
     config = net.config
@@ -195,7 +207,7 @@ def self_check(args, device):
     validation. Prints one line; returns precision -> "ok" or what failed."""
     window, outcome = min(args.patch, 64), {}
     for name in PRECISIONS:
-        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if name == "bf16" and device.type == "cuda" and not native_bf16(device):
             continue  # --amp refuses it on such a GPU
         amp_dtype, stage = autocast_dtype(device, name), "training step"
         try:

@@ -24,7 +24,9 @@ def setup_distributed(device):
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
+    # A collective that waits longer than this is a hang; rank 0's validation, which the others wait
+    # for at a barrier, takes minutes at the paper's sizes.
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
     return device, dist.get_rank(), dist.get_world_size()
 
 
@@ -45,11 +47,19 @@ def synchronised_batch_norm(x, running_mean, running_var, weight, bias, momentum
     backward pass is synchronised too. Updates the running statistics."""
     C = x.shape[1]
     xf = x.float()
-    local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), xf.new_full((1,), x.numel() / C)])
+    n = x.numel() / C
+    # Var = E[x^2] - mean^2 cancels catastrophically in float32 for a channel whose mean is large
+    # against its spread (it can even turn negative). Each process centres its own sum of squares,
+    # and the parts are summed in float64: sum_r (M2_r + n_r mean_r^2) / N - mean^2.
+    local_mean = xf.mean((0, 2, 3))
+    local_m2 = (xf - local_mean.view(1, C, 1, 1)).square().sum((0, 2, 3))
+    local_mean = local_mean.double()
+    local = torch.cat([n * local_mean, local_m2.double() + n * local_mean.square(), local_mean.new_full((1,), n)])
     total = dist_nn.all_reduce(local)
     count = total[-1]
     mean = total[:C] / count
-    var = total[C : 2 * C] / count - mean * mean
+    var = (total[C : 2 * C] / count - mean * mean).clamp_min(0)
+    count, mean, var = count.float(), mean.float(), var.float()
     with torch.no_grad():
         running_mean.lerp_(mean, momentum)
         running_var.lerp_(var * count / (count - 1), momentum)

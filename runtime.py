@@ -36,19 +36,25 @@ def resolve_device(name):
 PRECISIONS = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def native_bf16(device):
+    """Whether the GPU computes in bf16 natively (compute capability 8.0, Ampere, or newer).
+    torch.cuda.is_bf16_supported() also counts emulation, which a V100 or T4 runs slowly."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def precision(device, amp):
     """--amp resolved on `device` to a key of PRECISIONS. Left out (None): on
-    CUDA bf16 where the GPU supports it, else fp16; on CPU off (mixed
+    CUDA bf16 where the GPU computes it natively, else fp16; on CPU off (mixed
     precision pays off only with bf16 or fp16 arithmetic units, which most
     CPUs lack). True and False are what checkpoints of the earlier on/off
     flag hold."""
-    cuda_without_bf16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    cuda_without_bf16 = device.type == "cuda" and not native_bf16(device)
     if amp is False or (amp is None and device.type != "cuda"):
         return "off"
     if amp is None or amp is True:
         return "fp16" if cuda_without_bf16 else "bf16"
     if amp == "bf16" and cuda_without_bf16:
-        raise DataError("--amp bf16: this GPU does not support bf16; use --amp fp16")
+        raise DataError("--amp bf16: this GPU has no native bf16 (compute capability below 8.0); use --amp fp16")
     return amp
 
 
@@ -58,7 +64,7 @@ def autocast_dtype(device, amp):
 
 
 AMP_HELP = ("mixed precision: bf16, fp16 (with a gradient scaler in training) or off (fp32); "
-            "default: bf16 on CUDA where the GPU supports it, else fp16; off on CPU")
+            "default: bf16 on CUDA where the GPU computes it natively (Ampere or newer), else fp16; off on CPU")
 CHANNELS_LAST_HELP = "channels-last (NHWC) memory for the model and its inputs (default: on with CUDA, off on CPU)"
 
 

@@ -155,9 +155,11 @@ def resume_checkpoint(resume):
 
 
 def rng_states():
+    """The random generators' states; on CUDA that of this process's GPU only, so a run resumes on a
+    node with another number of GPUs."""
     states = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
     if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+        states["cuda"] = torch.cuda.get_rng_state()
     return states
 
 
@@ -166,7 +168,10 @@ def set_rng_states(states):
     np.random.set_state(states["numpy"])
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        cuda = states["cuda"]
+        if isinstance(cuda, (list, tuple)):  # checkpoints before 2026-12-04: one state per visible GPU
+            cuda = cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
+        torch.cuda.set_rng_state(cuda)
 
 
 # -----------------------------------------------------------------------------
@@ -293,12 +298,18 @@ def prepare(argv):
 
 def main(argv=None):
     args, checkpoint = prepare(argv)
-    device = resolve_device(args.device)
+    # This process's GPU is set before anything asks CUDA about it, so each rank opens its context
+    # on its own GPU only.
+    device, rank, world = setup_distributed(resolve_device(args.device))
     # Resolved for this device and stored so in the checkpoint: a resumed run keeps them unless overridden.
     args.amp = precision(device, args.amp)
     args.channels_last = use_channels_last(device, args.channels_last)
     amp_dtype = autocast_dtype(device, args.amp)
-    device, rank, world = setup_distributed(device)
+    if device.type == "cuda":
+        # Fixed patch sizes: cuDNN may pick its fastest convolutions once; with --amp off, matrix
+        # products in TF32 as convolutions already are.
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
     if world == 1:
         return train(args, checkpoint, device, amp_dtype, rank, world)
     try:
@@ -338,15 +349,23 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
     class_weights = median_frequency_weights(data.class_frequencies(train_tiles)).to(device)
 
     state = dict(epoch=0, step_in_epoch=0, global_step=0, best_score=-1.0, epoch_sums={t: 0.0 for t in loss_terms(args)},
-                 metrics=[])
+                 metrics=[], world=world)
     if checkpoint is not None:
+        # The global batch, the steps per epoch and the position within the epoch are those of the
+        # processes that trained so far (checkpoints before 2026-12-04 do not record them).
+        trained_by = checkpoint["state"].get("world", world)
+        if trained_by != world:
+            raise DataError(f"{args.resume}: trained by {trained_by} process{'es' if trained_by > 1 else ''}, resumed "
+                            f"by {world}; resume with the same number (torchrun --nproc_per_node={trained_by}, "
+                            f"or plain python for 1)")
         net.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         if checkpoint["scaler"]:  # empty unless the run so far was fp16; switching to fp16 starts a fresh scale
             scaler.load_state_dict(checkpoint["scaler"])
         set_rng_states(checkpoint["rng"])
-        state = dict(checkpoint["state"], schedule_extension=extension, metrics=metrics_so_far(checkpoint, out / "metrics.csv"))
+        state = dict(checkpoint["state"], schedule_extension=extension, metrics=metrics_so_far(checkpoint, out / "metrics.csv"),
+                     world=world)
         if state["epoch"] >= args.epochs:
             go_on = ("pass --epochs N with a larger N to go on" if args.optimizer == "sgd" else
                      "its learning rate has decayed to 0; to train longer, start a new run with a larger --epochs")

@@ -120,3 +120,79 @@ def test_torchrun_trains_every_configuration_with_identical_weights_on_every_pro
             assert torch.equal(rank0[key], rank1[key]), f"{name}: {key} differs between the processes"
             scale = weight.abs().max().item()
             torch.testing.assert_close(rank0[key], weight, rtol=1e-3, atol=1e-5 + 1e-4 * scale, msg=f"{name}: {key}")
+
+
+def test_train_sets_the_processs_gpu_before_asking_cuda_anything(monkeypatch):
+    """torchrun on GPUs: each rank's set_device must come before the bf16 question, or every rank
+    opens a CUDA context on GPU 0."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: calls.append("capability") or (8, 0))
+    monkeypatch.setattr(train, "setup_distributed", lambda device: calls.append("set_device") or (torch.device("cuda", 1), 1, 2))
+    monkeypatch.setattr(train, "train", lambda *args: calls.append("train") or True)
+    monkeypatch.setattr(train, "leave_distributed", lambda: None)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored after the test
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)
+    train.main(["--data", "unused", "--device", "cuda"])
+    assert calls[0] == "set_device" and calls[-1] == "train" and set(calls[1:-1]) == {"capability"}
+
+
+def test_rng_state_of_a_node_with_more_gpus_restores_on_one(monkeypatch):
+    """A checkpoint holds this process's GPU's generator state; one of the earlier kind, a state per
+    visible GPU, restores on a node with fewer GPUs from the state of this process's GPU."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(int(state[0])))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.extend(range(len(states), 0, -1)[:2]))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    states = train.rng_states()
+    assert int(states["cuda"][0]) == 7  # one state, not one per GPU
+    train.set_rng_states(states)
+    older = dict(states, cuda=[torch.tensor([s], dtype=torch.uint8) for s in (3, 4, 5, 6)])  # saved on 4 GPUs
+    train.set_rng_states(older)
+    assert restored == [7, 3]
+
+
+def test_synchronised_batch_norm_keeps_a_large_mean_channels_variance(tmp_path):
+    """A channel at 1e4 with a spread of 0.1: E[x^2] - mean^2 in float32 loses it (or goes
+    negative, and rsqrt gives NaN); the centred float64 sum keeps it. One Gloo process."""
+    import torch.distributed as dist
+
+    import distributed
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        x = torch.randn(4, 3, 8, 8) * torch.tensor([0.1, 1.0, 3.0]).view(1, 3, 1, 1) + torch.tensor([1e4, 0.0, -5.0]).view(1, 3, 1, 1)
+        x.requires_grad_(True)
+        weight, bias = torch.ones(3, requires_grad=True), torch.zeros(3, requires_grad=True)
+        running_mean, running_var = torch.zeros(3), torch.ones(3)
+        y = distributed.synchronised_batch_norm(x, running_mean, running_var, weight, bias, 0.1, 1e-5)
+        x64 = x.detach().double()
+        expected = (x64 - x64.mean((0, 2, 3), keepdim=True)) / torch.sqrt(x64.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5)
+        assert torch.isfinite(y).all()
+        torch.testing.assert_close(y.double(), expected, rtol=0, atol=2e-2)  # float32 holds 1e4 to 1e-3: 1% of 0.1
+        naive = (x64.float().square().mean((0, 2, 3)) - x64.float().mean((0, 2, 3)).square())[0]
+        assert abs(naive.item() - x64[:, 0].var(unbiased=False).item()) > 0.1  # what the float32 formula gives
+        y.sum().backward()
+        assert torch.isfinite(x.grad).all() and torch.isfinite(weight.grad).all()
+        torch.testing.assert_close(running_var[0].double(), 0.9 + 0.1 * x64[:, 0].var().double(), rtol=1e-3, atol=1e-6)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_resuming_with_another_number_of_processes_is_refused(dataset, tmp_path, capsys):
+    """The steps per epoch and the position within the epoch belong to the processes that trained:
+    one line, exit status 2, before anything trains."""
+    out = tmp_path / "run"
+    # SGD's warm restarts let a finished run go on (AdamW's schedule would have decayed to 0).
+    train.main(["--data", str(dataset), "--out", str(out), "--device", "cpu", "--patch", "32", "--batch-size", "1",
+                "--samples-per-epoch", "4", "--width", "4", "--epochs", "1", "--optimizer", "sgd"])
+    args, checkpoint = train.prepare(["--resume", str(out), "--epochs", "2"])
+    capsys.readouterr()
+    assert checkpoint["state"]["world"] == 1
+    with pytest.raises(SystemExit) as stop:
+        data.exit_on_user_error(lambda: train.train(args, checkpoint, torch.device("cpu"), None, rank=0, world=2))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "trained by 1 process, resumed by 2" in err

@@ -224,3 +224,42 @@ def test_flops_of_attention_on_cpu_are_counted():
         with sdpa_kernel(SDPBackend.MATH):
             decomposed = bench.count_flops(lambda: model(rgir, ndsm))
     assert fused == decomposed > 0
+
+
+def test_fp16_training_step_at_the_papers_size_stays_finite_with_peaked_attention():
+    """At 512x512, M_k = h w alpha_k F_L (Eq. 10) is 1024 times F_L where alpha_k is peaked: past
+    fp16's 65504 once alpha_k |F_L| > 64. Under fp16 autocast, in train mode, with F_L scaled so
+    that this happens and attention one-hot at a position, the loss stays finite."""
+    torch.manual_seed(0)
+    model = DIS2(DIS2Config(width=4, embed_dim=16, heads=2, depth=1, class_width=2, pos_size=512)).train()
+    attention = model.fusion_decoder("full").classwise_attention
+    with torch.no_grad():
+        attention.queries.fill_(1.0)
+
+    def large_f_last(module, args):  # one position of F_L at 100: alpha peaks there, alpha |F_L| = 100
+        f_last = torch.zeros_like(args[0])
+        f_last[:, :, 5, 7] = 100.0
+        return (f_last,)
+
+    attention.register_forward_pre_hook(large_f_last)
+    rgir, ndsm = torch.randn(2, 3, 512, 512), torch.randn(2, 1, 512, 512)
+    target = torch.randint(0, 6, (2, 512, 512))
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = model(rgir, ndsm, scenarios=("full", "missing_rgir"))
+    assert out["full"].attention.amax().item() > 0.99  # peaked as the hook makes it
+    loss, terms = train.dis2_loss(out["full"], out["missing_rgir"], target, "rgir")
+    assert torch.isfinite(loss), {k: v.item() for k, v in terms.items()}
+
+
+@pytest.mark.parametrize("capability, chosen", [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_default_precision_on_cuda_needs_native_bf16(monkeypatch, capability, chosen):
+    """A V100 (7.0) or T4 (7.5) reports bf16 as supported, emulated and slow: fp16 there."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    cuda = torch.device("cuda", 0)
+    assert runtime.precision(cuda, None) == chosen
+    if chosen == "fp16":
+        with pytest.raises(data.DataError, match="no native bf16"):
+            runtime.precision(cuda, "bf16")
+    else:
+        assert runtime.precision(cuda, "bf16") == "bf16"
