@@ -98,10 +98,12 @@ def save_checkpoint(state, path):
         raise
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, flag="--checkpoint"):
+    """The checkpoint at `path`; a wrong path or file ends in one line that names `flag`, the
+    command's way to give one (evaluate.py, predict.py: --checkpoint; train.py: --resume)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found; pass --checkpoint PATH to a .pt file written by train.py")
+        raise DataError(f"{path}: checkpoint not found; pass {flag} PATH to a .pt file written by train.py")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
@@ -183,10 +185,10 @@ def windows_of(args, checkpoint):
     return window, overlap
 
 
-def latest_checkpoint(runs="runs", name="best.pt"):
+def latest_checkpoint(runs="runs", name="best.pt", flag="--checkpoint"):
     candidates = sorted(Path(runs).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
     if not candidates:
-        raise DataError(f"no checkpoint given and no {runs}/*/{name} found; train first or pass --checkpoint PATH")
+        raise DataError(f"no checkpoint given and no {runs}/*/{name} found; train first or pass {flag} PATH")
     return candidates[-1]
 
 

@@ -149,7 +149,7 @@ def fill_budget(args, budget=BUDGET):
 
 def resume_checkpoint(resume):
     if resume == "latest":
-        return latest_checkpoint(name="last.pt")
+        return latest_checkpoint(name="last.pt", flag="--resume")
     path = Path(resume)
     return path / "last.pt" if path.is_dir() else path
 
@@ -284,7 +284,7 @@ def prepare(argv):
     checkpoint = None
     if args.resume:
         path = resume_checkpoint(args.resume)
-        checkpoint = load_checkpoint(path)
+        checkpoint = load_checkpoint(path, flag="--resume")
         given = {k: getattr(args, k) for k in RESUMABLE_OVERRIDES if getattr(args, k) is not None}
         # Flags newer than the checkpoint take their defaults.
         args = argparse.Namespace(**{**vars(args), **checkpoint["train_args"], **given, "resume": str(path)})

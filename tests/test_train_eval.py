@@ -487,3 +487,13 @@ def test_shaspec_trains_evaluates_and_predicts_through_the_same_commands(dataset
     tifffile.imwrite(tmp_path / "area.tif", tile.rgir, photometric="rgb")
     predict.main(["--out", str(tmp_path / "maps"), "--rgir", str(tmp_path / "area.tif"), "--checkpoint", str(out / "best.pt")])
     assert tifffile.imread(tmp_path / "maps" / "area_labels.tif").shape == tile.label.shape
+
+
+@pytest.mark.parametrize("command, flag", [("train.py", "--resume"), ("evaluate.py", "--checkpoint")])
+def test_a_missing_checkpoint_names_the_commands_own_flag(tmp_path, command, flag):
+    """train.py takes a checkpoint with --resume, evaluate.py with --checkpoint: the one-line error
+    names the flag of the command that was run."""
+    result = subprocess.run([sys.executable, command, flag, str(tmp_path / "nowhere.pt")], capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert f"pass {flag} PATH" in result.stderr
