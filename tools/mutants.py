@@ -1,0 +1,209 @@
+"""Mutation testing of raster.py, predict.py, stats.py and losses.py: does a slip in them fail a test?
+
+Each mutant below is a realistic one-line slip (a comparison turned, a term dropped, a tag left out).
+It is applied to a copy of the repository's tracked files, then the tests of its file are run there,
+stopping at the first failure: a failing test kills the mutant. One that survives is a behaviour no test
+pins, unless it is marked equivalent: it changes no output, and its entry says why. docs/testing.md has
+the last scores.
+
+    python tools/mutants.py raster.py            # one file's mutants (on 2 cores: 1 to 8 minutes a file)
+    python tools/mutants.py                      # all four files
+    python tools/mutants.py --list               # the mutants, without running them
+
+Exit status 1 when a mutant not marked equivalent survives, or no longer applies (the text it changes is
+gone or appears twice: bring its entry up to date).
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Mutant:
+    before: str  # text that occurs exactly once in the file
+    after: str
+    slip: str  # what the change does
+    equivalent: str = ""  # why no output changes, for a mutant that no test can kill
+
+
+# The tests that exercise each file, the quickest to fail first.
+TESTS = {
+    "raster.py": ["tests/test_imagery.py", "tests/test_nodata.py", "tests/test_predict.py"],
+    "predict.py": ["tests/test_predict.py", "tests/test_nodata.py", "tests/test_imagery.py"],
+    "stats.py": ["tests/test_stats.py", "tests/test_intervals.py"],
+    "losses.py": ["tests/test_losses.py"],
+}
+
+MUTANTS = {
+    "raster.py": [
+        Mutant("everywhere &= bands[..., i] == nodata", "everywhere |= bands[..., i] == nodata",
+               "a pixel is nodata where any band, not every band, holds the value"),
+        Mutant("if bands.dtype == np.uint8 and (maximum == 255).all():", "if bands.dtype == np.uint8:",
+               "8-bit data is taken as it is whatever maximum it declares"),
+        Mutant("min(2**bits - 1, largest)", "min(2**bits, largest)", "12-bit data's maximum taken as 4096"),
+        Mutant("return None if text is None else float(text)", "return None if text is None else int(text)",
+               "GDAL_NODATA read as an integer"),
+        Mutant("GEOTIFF_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)",
+               "GEOTIFF_TAGS = (33550, 33922, 34735, 34736, 34737)", "ModelTransformation not copied"),
+        Mutant("        return heights, valid, notices", "        return pixels[..., 0], valid, notices",
+               "an 8-bit NDSM keeps its nodata values"),
+        Mutant("np.maximum(band, 0, out=band)", "", "negative values of signed data not clipped"),
+        Mutant("        band += top // 2\n", "", "scaled values truncated, not rounded"),
+        Mutant("valid &= raster.pixels[..., i] > 0", "valid &= raster.pixels[..., i] >= 0", "alpha 0 taken as data"),
+        Mutant("valid &= ~np.isnan(bands).any(-1)", "valid &= ~np.isnan(bands).all(-1)",
+               "a pixel is NaN where every band, not any band, is",
+               equivalent="the float bands checked for NaN are those of a one-band NDSM or DSM (orthophotos must "
+                          "be integers), and for one band any and all are the same"),
+        Mutant("alpha = [] if named_every_band else raster.alpha", "alpha = raster.alpha",
+               "--bands naming every band still drops the band tagged as alpha"),
+        Mutant("maximum = maximum[picks] if max_value is None", "maximum = maximum[:3] if max_value is None",
+               "the declared maxima of the first three bands, not of IR, R and G"),
+        Mutant('bands.dtype == np.float32 and f"{abs(nodata):g}"', 'f"{abs(nodata):g}"',
+               "nodata snapped to the float32 limits in float64 files too"),
+        Mutant('lambda record: "GDAL_NODATA" not in record.getMessage()',
+               'lambda record: "GDAL_NODATA" in record.getMessage()', "tifffile's GDAL_NODATA warnings let through"),
+        Mutant("max_value > np.iinfo(pixels.dtype).max:", "max_value >= np.iinfo(pixels.dtype).max:",
+               "--max-value at the data type's top refused"),
+        Mutant("if np.size(declared) not in (1, samples):", "if np.size(declared) != samples:",
+               "a single MaxSampleValue for every band refused"),
+        Mutant("+ int(maximum.max())  #", "+ int(maximum.max()) // 2  #",
+               "int32 chosen where the maximum itself does not fit it"),
+        Mutant("if keys.get(1024) == 2:", "if keys.get(1024) == 1:", "projected, not geographic, keys give no size"),
+        Mutant("mask = mask_page.asarray() > 0", "mask = mask_page.asarray() == 255",
+               "a 1-bit mask read as an 8-bit one"),
+        Mutant("np.rint(metres * NDSM_LEVELS_PER_METRE)", "(metres * NDSM_LEVELS_PER_METRE)",
+               "metre heights truncated, not rounded"),
+    ],
+    "predict.py": [
+        Mutant("ndsm.pixels.shape != rgir.pixels.shape[:2]", "ndsm.pixels.shape[0] != rgir.pixels.shape[0]",
+               "modalities compared by height alone"),
+        Mutant("        image is not None, (H, W))", "        True, (H, W))", "an absent modality taken as valid"),
+        Mutant("for path, layer in given.values() if layer.georeference",
+               "for path, layer in reversed(list(given.values())) if layer.georeference",
+               "the NDSM's georeferencing written over the orthophoto's"),
+        Mutant('codes[rgir_valid & ndsm_valid] = SCENARIO_CODES["full"]',
+               'codes[rgir_valid | ndsm_valid] = SCENARIO_CODES["full"]', "full where either modality has data"),
+        Mutant("            labels[scenario == NO_SCENARIO] = NODATA_LABEL\n", "",
+               "pixels without data keep a class label"),
+        Mutant("            self.temporary.unlink(missing_ok=True)\n            raise", "            raise",
+               "a writer whose set-up fails leaves its temporary"),
+        Mutant("if len(empty) == len(given):", "if empty:", "one modality without data stops the run"),
+        Mutant("np.rint(255 * values).astype(np.uint8)", "(255 * values).astype(np.uint8)",
+               "probabilities truncated, not rounded"),
+        Mutant("count_y[top : top + sums.shape[1], None] * count_x[:W]", "count_y[top : top + sums.shape[1], None]",
+               "means divided by the rows' window count alone"),
+        Mutant("done = starts[i + batch_size][0] if", "done = starts[i + batch_size - 1][0] if",
+               "rows given out up to the batch's last window, not the next batch's first",
+               equivalent="windows come in order of rows, so no later window reaches above either: the same rows "
+                          "are given out, some a batch later"),
+        Mutant("composed[chosen] += outputs * inside[chosen, None]", "composed[chosen] += outputs",
+               "every scenario run on a window adds to all its pixels"),
+    ],
+    "stats.py": [
+        Mutant("2.0484, 2.0452, 2.0423)", "2.0484, 2.0425, 2.0423)", "two digits of t(0.975, 29) transposed"),
+        Mutant("if df <= len(T_QUANTILES):", "if df < len(T_QUANTILES):", "the table's last entry left unused"),
+        Mutant("z = 1.959964", "z = 1.96", "the normal quantile rounded"),
+        Mutant("confusion[..., CLUTTER, :] = 0", "confusion[..., :, CLUTTER] = 0",
+               "clutter predictions dropped instead of clutter references"),
+        Mutant("replicates.mean(0).std(ddof=1)", "replicates.mean(0).std(ddof=0)",
+               "the bootstrap's standard error biased"),
+        Mutant("half_both = t_quantile(df) * math.sqrt(total)", "half_both = t_quantile(n - 1) * math.sqrt(total)",
+               "the interval over seeds and tiles with the seeds' degrees of freedom"),
+        Mutant("var_tiles = max(float(shared), 0.0) * T / (T - 1)", "var_tiles = max(float(shared), 0.0)",
+               "the shared tile variance without its small-sample correction"),
+        Mutant("integers(0, T, (resamples, T))", "integers(0, T - 1, (resamples, T))", "the last tile never drawn"),
+        Mutant("(scale if relative else windows)", "(windows if relative else scale)", "relative and raw swapped"),
+        Mutant('return "holds" if verdicts == {direction}', 'return "holds" if direction in verdicts',
+               "a claim holds when any difference is resolved its way"),
+    ],
+    "losses.py": [
+        Mutant(".pow(2).mean() for x, x_supp", ".abs().mean() for x, x_supp", "Eq. 2's cosine not squared"),
+        Mutant("kl = kl.mean(dim=1) if class_mean else kl.sum(dim=1)",
+               "kl = kl.sum(dim=1) if class_mean else kl.mean(dim=1)", "the recipes' KL reductions swapped"),
+        Mutant("return T**2 * kl.mean()", "return T * kl.mean()", "T instead of T^2"),
+        Mutant("unit(t.detach().float())", "unit(t.float())", "no stop-gradient on the teacher"),
+        Mutant("dice = (2 * intersection + smooth) /", "dice = (2 * intersection) /", "Dice smoothed below only"),
+        Mutant("weights.sum((1, 2)).clamp_min(torch.finfo(nll.dtype).tiny)", "weights.sum((1, 2))",
+               "an image without labelled pixels divides by 0"),
+        Mutant("f[present].median() / f[present]", "f.median() / f[present]",
+               "the median taken over absent classes too"),
+        Mutant("levels = slice(AUTHORS_ORTH_LEVELS) if authors else slice(None)",
+               "levels = slice(None) if authors else slice(AUTHORS_ORTH_LEVELS)", "the recipes' levels swapped"),
+        Mutant("for out in (full, miss) for y in out.aux_logits", "for out in (full,) for y in out.aux_logits",
+               "Eq. 13 over the full scenario alone"),
+    ],
+}
+
+
+def copy_repository(destination: Path):
+    """The tracked files as they are in the working tree, changes not yet committed included."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in listed.decode().split("\0"):
+        source = ROOT / name
+        if name and source.is_file():  # a tracked file deleted in the working tree is left out
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+
+
+def outcome(copy: Path, file: str, mutant: Mutant, timeout: int) -> str:
+    """killed, survived, or not applicable, for one mutant of `file` in the copy."""
+    path = copy / file
+    source = path.read_text()
+    if source.count(mutant.before) != 1:
+        return "not applicable"
+    path.write_text(source.replace(mutant.before, mutant.after))
+    # No bytecode: a mutant of the source's size, written within the second, would pass for its cached original.
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS[file]],
+                                cwd=copy, capture_output=True, timeout=timeout, env=env)
+        return "survived" if result.returncode == 0 else "killed"
+    except subprocess.TimeoutExpired:
+        return "killed"  # a mutant that hangs the tests is caught too
+    finally:
+        path.write_text(source)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Mutation testing of raster.py, predict.py, stats.py and losses.py.")
+    p.add_argument("files", nargs="*", metavar="FILE", help=f"the files to mutate: {', '.join(MUTANTS)} (default: all)")
+    p.add_argument("--list", action="store_true", help="list the mutants and stop")
+    p.add_argument("--timeout", type=int, default=900, help="seconds one mutant's tests may take (default 900)")
+    args = p.parse_args(argv)
+    unknown = [file for file in args.files if file not in MUTANTS]
+    if unknown:
+        p.error(f"no mutants of {', '.join(unknown)}; the files are {', '.join(MUTANTS)}")
+    files = args.files or list(MUTANTS)
+    if args.list:
+        for file in files:
+            for mutant in MUTANTS[file]:
+                print(f"{file}: {mutant.slip}" + (" (equivalent)" if mutant.equivalent else ""))
+        return 0
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="mutants-") as temporary:
+        copy = Path(temporary)
+        copy_repository(copy)
+        for file in files:
+            start, counts = time.perf_counter(), {"killed": 0, "survived": 0, "not applicable": 0}
+            for mutant in MUTANTS[file]:
+                result = outcome(copy, file, mutant, args.timeout)
+                counts[result] += 1
+                note = f" (equivalent: {mutant.equivalent})" if result == "survived" and mutant.equivalent else ""
+                failed |= result == "not applicable" or (result == "survived" and not mutant.equivalent)
+                print(f"{result:>14}  {file}: {mutant.slip}{note}", flush=True)
+            print(f"{file}: {counts['killed']} of {len(MUTANTS[file])} mutants killed, {counts['survived']} survived, "
+                  f"{counts['not applicable']} not applicable, in {time.perf_counter() - start:.0f} s", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
