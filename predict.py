@@ -18,13 +18,18 @@ RGIR where one has, none (label 255) where neither has.
 """
 
 import argparse
+import math
 import os
 import time
+from contextlib import nullcontext
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import tifffile
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -32,11 +37,12 @@ import data
 import raster
 from data import DataError
 from dis2 import SCENARIOS, upsample
+from distributed import leave_distributed, setup_distributed
 from runtime import add_inference_flags, inference_setup, model_from_checkpoint, use_channels_last, writable_dir
 
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-STRIP_ROWS = 64  # rows per TIFF strip of the outputs, so that a GIS reads part of a large map without all of it
+TILE = 256  # side of the outputs' tiles, as in a Cloud Optimized GeoTIFF; a GIS reads the tiles it shows
 
 
 # Per pixel, the scenario its data allows (--scenario-map writes it): the codes of dis2.SCENARIOS in order,
@@ -195,7 +201,7 @@ def images_in(folder, flag):
 
 def prediction_pairs(rgir, ndsm):
     """(orthophoto, NDSM) paths to predict, None for a missing modality, from --rgir and
-    --ndsm: two files, or two folders whose files are matched by name without suffix."""
+    --ndsm: two files, or two folders whose files are matched by name without suffix; and notices."""
     given = {flag: Path(path) for flag, path in (("--rgir", rgir), ("--ndsm", ndsm)) if path}
     if not given:
         raise DataError("predict.py needs --rgir ORTHOPHOTO and/or --ndsm NDSM (files or folders); "
@@ -206,22 +212,21 @@ def prediction_pairs(rgir, ndsm):
     if len({path.is_dir() for path in given.values()}) > 1:
         raise DataError("--rgir and --ndsm must both be files or both be folders")
     if not next(iter(given.values())).is_dir():
-        return [(given.get("--rgir"), given.get("--ndsm"))]
+        return [(given.get("--rgir"), given.get("--ndsm"))], []
     found = {flag: images_in(folder, flag) for flag, folder in given.items()}
     if "--ndsm" not in found:
-        return [(path, None) for path in found["--rgir"].values()]
+        return [(path, None) for path in found["--rgir"].values()], []
     if "--rgir" not in found:
-        return [(None, path) for path in found["--ndsm"].values()]
+        return [(None, path) for path in found["--ndsm"].values()], []
     orthophotos, ndsms = found["--rgir"], found["--ndsm"]
     unmatched = [path for name, path in orthophotos.items() if name not in ndsms]
     if unmatched:
         raise DataError(f"{unmatched[0]}: no NDSM of the same name in {given['--ndsm']} ({len(unmatched)} orthophoto(s) "
                         "unmatched); name each NDSM as its orthophoto, or leave out --ndsm to predict without it")
     unused = sorted(set(ndsms) - set(orthophotos))
-    if unused:
-        print(f"notice: {len(unused)} NDSM file(s) in {given['--ndsm']} have no orthophoto of the same name, not used: "
-              + " ".join(ndsms[name].name for name in unused))
-    return [(path, ndsms[name]) for name, path in orthophotos.items()]
+    notices = [f"notice: {len(unused)} NDSM file(s) in {given['--ndsm']} have no orthophoto of the same name, not "
+               "used: " + " ".join(ndsms[name].name for name in unused)] if unused else []
+    return [(path, ndsms[name]) for name, path in orthophotos.items()], notices
 
 
 def read_pair(rgir_path, ndsm_path, args, trained_on=None):
@@ -266,35 +271,85 @@ def pixel_size_notice(path, tags, trained_on):
             f"{100 * trained:.0f} cm for labels as good as in training"]
 
 
-class StripWriter:
-    """A GeoTIFF written strip by strip, top to bottom; uncompressed, so every strip goes
-    straight to its place in the file. It is written under a temporary name in the output
-    folder and renamed when complete (`commit`), so a failed run leaves no partial file."""
+def halved(rows, reduce):
+    """(ceil(h / 2), ceil(w / 2), S) the 2 x 2 blocks of `rows` (h, w, S) reduced to one pixel each, for an
+    overview: "mean" averages them (probabilities, attention); "mode" keeps the value most of the four share,
+    the top-left one on a tie (class ids, palette colours, scenarios: a value of the image, never a mix).
+    An odd last row or column pairs with itself."""
+    rows = np.pad(rows, ((0, rows.shape[0] % 2), (0, rows.shape[1] % 2), (0, 0)), mode="edge")
+    corners = np.stack([rows[i::2, j::2] for i in (0, 1) for j in (0, 1)])  # (4, h/2, w/2, S)
+    if reduce == "mean" and rows.dtype == np.uint8:
+        return ((corners.sum(0, dtype=np.uint16) + 2) // 4).astype(np.uint8)  # rounded half up
+    if reduce == "mean":
+        return corners.mean(0, dtype=rows.dtype)
+    shared = (corners[:, None] == corners[None]).all(-1).sum(1)  # (4, h/2, w/2): how many of the four equal each
+    return np.take_along_axis(corners, shared.argmax(0)[None, ..., None], 0)[0]
 
-    def __init__(self, path, shape, dtype, photometric, tags, colormap=None):
-        self.path, self.temporary = path, path.with_name(f".{path.name}.partial")
-        try:  # a writer that fails here is never returned to be discarded: its temporary goes now
-            tifffile.imwrite(self.temporary, shape=shape, dtype=dtype, photometric=photometric, colormap=colormap,
-                             planarconfig="contig", rowsperstrip=STRIP_ROWS, extratags=tags,
-                             metadata=None)  # the header, room for the pixels
-            with tifffile.TiffFile(self.temporary) as tiff:
-                offset = tiff.pages.first.dataoffsets[0]
-            self.file = open(self.temporary, "r+b")
-        except BaseException:
-            self.temporary.unlink(missing_ok=True)
-            raise
-        self.file.seek(offset)
+
+def tiles(source, shape, dtype, reduce, halves):
+    """The tiles of the image (h, w, S) in the raw file `source`, a row of tiles at a time, left to right and
+    top to bottom, as tifffile writes them; on the way each row of tiles goes halved to the raw file `halves`
+    (None: no overview below), so an overview is made from the level above with one row of tiles in memory."""
+    h, w, samples = shape
+    for top in range(0, h, TILE):
+        rows = np.fromfile(source, dtype, count=min(TILE, h - top) * w * samples).reshape(-1, w, samples)
+        if halves is not None:
+            halved(rows, reduce).tofile(halves)
+        for left in range(0, w, TILE):
+            tile = rows[:, left : left + TILE]
+            yield tile if samples > 1 else tile[..., 0]
+
+
+class StripWriter:
+    """A GeoTIFF fed strips of rows, top to bottom, that a GIS draws fast at any zoom: tiled, DEFLATE-compressed,
+    with overviews (docs/predict.md). The strips go to a raw temporary file as they come, and `commit` writes
+    the GeoTIFF from it and renames it, so memory holds a row of tiles, never the image. Every file is written
+    under a temporary name in the output folder, .<name>.<part>.partial, so a failed or interrupted run
+    leaves no file that looks complete."""
+
+    def __init__(self, path, shape, dtype, photometric, tags, colormap=None, reduce="mode"):
+        self.path, self.dtype, self.photometric, self.tags = path, np.dtype(dtype), photometric, tags
+        self.shape, self.colormap, self.reduce = (*shape[:2], shape[2] if len(shape) == 3 else 1), colormap, reduce
+        self.temporaries = []
+        self.file = open(self.temporary(0), "wb")
+
+    def temporary(self, part):
+        """The temporary file `part`: 0 the strips, 1, 2, ... each overview raw, "tif" the GeoTIFF."""
+        path = self.path.with_name(f".{self.path.name}.{part}.partial")
+        if path not in self.temporaries:
+            self.temporaries.append(path)
+        return path
 
     def write(self, rows):
         self.file.write(np.ascontiguousarray(rows).tobytes())
 
     def commit(self):
         self.file.close()
-        os.replace(self.temporary, self.path)
+        levels = [self.shape]  # full resolution, then halved until the image fits in one tile
+        while max(levels[-1][:2]) > TILE:
+            h, w, samples = levels[-1]
+            levels.append((-(-h // 2), -(-w // 2), samples))
+        # a horizontal predictor makes smooth bands compress better; class ids gain nothing from it
+        predictor = None if self.reduce == "mode" else 3 if self.dtype.kind == "f" else 2
+        bigtiff = sum(map(np.prod, levels)) * self.dtype.itemsize > 2**32 - 2**25  # sized uncompressed, to be safe
+        with tifffile.TiffWriter(self.temporary("tif"), bigtiff=bigtiff) as tiff:
+            for level, shape in enumerate(levels):
+                below = level + 1 < len(levels)
+                with open(self.temporary(level), "rb") as raw, \
+                        open(self.temporary(level + 1), "wb") if below else nullcontext() as halves:
+                    tiff.write(tiles(raw, shape, self.dtype, self.reduce, halves),
+                               shape=shape if shape[2] > 1 else shape[:2], dtype=self.dtype,
+                               photometric=self.photometric, colormap=self.colormap, planarconfig="contig",
+                               tile=(TILE, TILE), compression="zlib", predictor=predictor,
+                               subfiletype=1 if level else 0,  # 1: a reduced-resolution version of the first
+                               extratags=[] if level else self.tags, metadata=None)
+                self.temporary(level).unlink()
+        os.replace(self.temporary("tif"), self.path)
 
     def discard(self):
         self.file.close()
-        self.temporary.unlink(missing_ok=True)
+        for temporary in self.temporaries:
+            temporary.unlink(missing_ok=True)
 
 
 # The label GeoTIFF is a palette image: its values are class ids, and its colour table (TIFF ColorMap,
@@ -315,22 +370,22 @@ def predict_file(model, rgir_path, ndsm_path, out_dir, args, window, overlap, de
     for one input pair."""
     rgir, ndsm, tags, _ = read_pair(rgir_path, ndsm_path, args)  # its notices were given when it was checked
     H, W = (rgir or ndsm).pixels.shape[:2]
-    name, K = (rgir_path or ndsm_path).stem, model.config.num_classes
-    # key: (shape, dtype, photometric, extra tags, colour table); --colour's RGB declares no nodata, as
-    # GDAL would take 0 in any band for it: the red of a blue building
-    formats = {"labels": ((H, W, 3), np.uint8, "rgb", [], None) if args.colour
-               else ((H, W), np.uint8, "palette", [NODATA_TAG], LABEL_COLOURS)}
+    name, K = area_name(rgir_path, ndsm_path), model.config.num_classes
+    # key: (shape, dtype, photometric, extra tags, colour table, how overviews reduce it); --colour's RGB
+    # declares no nodata, as GDAL would take 0 in any band for it: the red of a blue building
+    formats = {"labels": ((H, W, 3), np.uint8, "rgb", [], None, "mode") if args.colour
+               else ((H, W), np.uint8, "palette", [NODATA_TAG], LABEL_COLOURS, "mode")}
     if args.probabilities:
-        formats["probabilities"] = ((H, W, K), np.uint8, "minisblack", [], None)
+        formats["probabilities"] = ((H, W, K), np.uint8, "minisblack", [], None, "mean")
     if args.attention:
-        formats["attention"] = ((H, W, K), np.float32, "minisblack", [], None)
+        formats["attention"] = ((H, W, K), np.float32, "minisblack", [], None, "mean")
     if args.scenario_map:
-        formats["scenario"] = ((H, W), np.uint8, "minisblack", [NODATA_TAG], None)
+        formats["scenario"] = ((H, W), np.uint8, "minisblack", [NODATA_TAG], None, "mode")
     writers = {}
     try:
-        for key, (shape, dtype, photometric, extra_tags, colours) in formats.items():
+        for key, (shape, dtype, photometric, extra_tags, colours, reduce) in formats.items():
             writers[key] = StripWriter(out_dir / f"{name}_{key}.tif", shape, dtype, photometric, tags + extra_tags,
-                                       colours)
+                                       colours, reduce)
         (rgir, rgir_valid), (ndsm, ndsm_valid) = ((None, None) if layer is None else (layer.pixels, layer.valid)
                                                   for layer in (rgir, ndsm))
         for strip in predict_strips(model, rgir, ndsm, window, overlap, args.batch_size, device, amp_dtype,
@@ -347,22 +402,194 @@ def predict_file(model, rgir_path, ndsm_path, out_dir, args, window, overlap, de
             writer.discard()
 
 
-def predict(args, checkpoint, window, overlap, device, amp_dtype):
-    """Label maps of new imagery, one per orthophoto/NDSM pair."""
-    pairs = prediction_pairs(args.rgir, args.ndsm)
+def output_kinds(args):
+    """The outputs asked for, each area's <name>_<kind>.tif."""
+    asked = (("probabilities", args.probabilities), ("attention", args.attention), ("scenario", args.scenario_map))
+    return ["labels"] + [kind for kind, wanted in asked if wanted]
+
+
+def area_name(rgir_path, ndsm_path):
+    """An area's name: its orthophoto's file name without suffix, its NDSM's where it has no orthophoto."""
+    return (rgir_path or ndsm_path).stem
+
+
+def checked(args, checkpoint, device, rank, world):
+    """The model, every pair, this process's pairs and the output folder, all inputs of its pairs read and checked.
+    Areas whose outputs are all in --out are skipped (--overwrite: none), the others are shared out in turn
+    among the `world` processes of a torchrun, and each reads and checks its own."""
+    pairs, notices = prediction_pairs(args.rgir, args.ndsm)
     model = model_from_checkpoint(checkpoint, device, args.compile, args.channels_last)
     if args.attention and not model.config.classwise:
         raise DataError("--attention: this checkpoint's model has no classwise attention (an HF or HF+DLKD variant); "
                         "drop --attention")
-    for rgir_path, ndsm_path in pairs:  # every input is read and checked before anything is written
-        *_, notices = read_pair(rgir_path, ndsm_path, args, checkpoint.get("dataset"))
-        for notice in notices:
+    if args.compile:
+        model = FullBatches(model, args.batch_size)
+    done = lambda pair: all((Path(args.out) / f"{area_name(*pair)}_{kind}.tif").exists() for kind in output_kinds(args))
+    todo = [pair for pair in pairs if args.overwrite or not done(pair)]
+    if len(todo) < len(pairs):
+        notices.append(f"notice: {len(pairs) - len(todo)} of {len(pairs)} area(s) skipped: their outputs in {args.out} "
+                       "are complete (--overwrite predicts them again)")
+    for notice in notices if rank == 0 else []:
+        print(notice)
+    mine = todo[rank::world]
+    for rgir_path, ndsm_path in mine:  # every input is read and checked before anything is written
+        for notice in read_pair(rgir_path, ndsm_path, args, checkpoint.get("dataset"))[-1]:
             print(notice)
-    out_dir = writable_dir(args.out, "--out")
+    # one process makes the folder: another's write test could remove the test file of the first
+    out_dir = writable_dir(args.out, "--out") if rank == 0 else Path(args.out)
+    return model, pairs, mine, out_dir
+
+
+def agreed(check, device, rank, world):
+    """check() in every process; where it stops with a user error in any of them, every process stops, before any
+    has written anything, and only the first of those that stopped says why (the same error in every
+    process would otherwise be printed once for each)."""
+    try:
+        result, error = check(), None
+    except DataError as e:
+        result, error = None, e
+    if world > 1:
+        first = torch.tensor([rank if error else world], device=device)
+        dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        if first.item() < world:
+            leave_distributed()
+            if first.item() != rank:
+                raise SystemExit(2)
+    if error:
+        raise error
+    return result
+
+
+def predict(args, checkpoint, window, overlap, device, amp_dtype):
+    """Label maps of new imagery, one per orthophoto/NDSM pair; under torchrun the processes share the pairs
+    out, each pair predicted and written by one of them. For folders, a mosaic of each output."""
+    device, rank, world = setup_distributed(device)
+    model, pairs, mine, out_dir = agreed(lambda: checked(args, checkpoint, device, rank, world), device, rank, world)
     start = time.perf_counter()
-    for rgir_path, ndsm_path in tqdm(pairs, desc="predicting", unit="image", disable=None):
+    for rgir_path, ndsm_path in tqdm(mine, desc="predicting", unit="image", disable=None if rank == 0 else True):
         predict_file(model, rgir_path, ndsm_path, out_dir, args, window, overlap, device, amp_dtype)
-    print(f"wrote the predictions of {len(pairs)} image(s) to {out_dir} in {time.perf_counter() - start:.1f} s")
+    by = f" (process {rank} of {world})" if world > 1 else ""
+    print(f"wrote the predictions of {len(mine)} image(s) to {out_dir} in {time.perf_counter() - start:.1f} s{by}")
+    if world > 1:
+        leave_distributed()  # waits for every process's areas
+    if rank == 0 and Path(args.rgir or args.ndsm).is_dir():
+        write_mosaics(out_dir, [area_name(*pair) for pair in pairs], output_kinds(args))
+
+
+class FullBatches(torch.nn.Module):
+    """The model given batches of exactly `size` windows, a short one filled up with copies of its last window
+    and the copies' outputs dropped. A compiled model then meets one input shape per modality pattern (three
+    graphs), where batches of every size (a scenario's share of a batch, an area's last batch) would pass
+    Dynamo's recompile limit and silently run eagerly."""
+
+    def __init__(self, model, size):
+        super().__init__()
+        self.model, self.size, self.config = model, size, model.config
+
+    def forward(self, rgir, ndsm):
+        n = (rgir if rgir is not None else ndsm).shape[0]
+        full = lambda x: None if x is None else torch.cat([x, x[-1:].expand(self.size - n, *x.shape[1:])])
+        out = self.model(full(rgir), full(ndsm))
+        return SimpleNamespace(logits=out.logits[:n], attention=None if out.attention is None else out.attention[:n])
+
+
+# -----------------------------------------------------------------------------
+# One layer for the whole run: a GDAL virtual mosaic (VRT) of a folder's outputs
+
+
+def grid(tags):
+    """(coordinate system, top-left corner, pixel size) of a north-up grid from a GeoTIFF's tags ({code: value}):
+    the corner of its top-left pixel, and the pixel's width and height (negative: rows run south); None without
+    georeferencing or for a rotated grid. The coordinate system is "EPSG:<code>" where the GeoKeys give a
+    code, else the GeoKeys themselves."""
+    entries = tags.get(34735, ())[4:]  # GeoKeyDirectory: after the header, (key, location, count, value) per key
+    keys = {entries[i]: entries[i + 3] for i in range(0, len(entries) - 3, 4) if entries[i + 1] == 0}
+    if 34264 in tags:  # ModelTransformation, a 4 x 4 matrix row by row
+        m = tags[34264]
+        if m[1] or m[4]:
+            return None
+        corner, size = (m[3], m[7]), (m[0], m[5])
+    elif 33550 in tags and 33922 in tags:  # ModelPixelScale, and a ModelTiepoint (i, j, k, x, y, z)
+        (sx, sy), (i, j, _, x, y) = tags[33550][:2], tags[33922][:5]
+        corner, size = (x - i * sx, y + j * sy), (sx, -sy)
+    else:
+        return None
+    if keys.get(1025) == 2:  # GTRasterTypeGeoKey PixelIsPoint: the tiepoint is a pixel's centre, as GDAL reads it
+        corner = (corner[0] - size[0] / 2, corner[1] - size[1] / 2)
+    code = keys.get(3072, keys.get(2048))  # ProjectedCSTypeGeoKey, else GeographicTypeGeoKey; 32767: user-defined
+    crs = f"EPSG:{code}" if code and code != 32767 else tuple(tags.get(c) for c in (34735, 34736, 34737))
+    return crs, corner, size
+
+
+GDAL_TYPES = {np.dtype(np.uint8): "Byte", np.dtype(np.float32): "Float32"}
+
+
+def write_mosaics(out_dir, names, kinds):
+    """OUT/<kind>.vrt for each kind of output: a GDAL virtual mosaic of the areas' files, which a GIS opens as
+    one layer. Its areas share the coordinate system and pixel size of most areas; the others are named
+    and left out."""
+    grids, shapes = {}, {}
+    for name in names:
+        with tifffile.TiffFile(out_dir / f"{name}_labels.tif") as tiff:
+            grids[name] = grid({tag.code: tag.value for tag in tiff.pages.first.tags})
+            shapes[name] = tiff.pages.first.shape[:2]
+    placed = [(crs, size) for crs, _, size in filter(None, grids.values())]
+    if not placed:
+        print(f"notice: no mosaic in {out_dir}: no area is georeferenced on a north-up grid")
+        return
+    crs, size = max(placed, key=placed.count)
+    describe = lambda system: system if isinstance(system, str) else "a coordinate system without an EPSG code"
+    reasons = {name: "no georeferencing, or a rotated grid" if g is None else
+               f"coordinate system {describe(g[0])}, the mosaic's is {describe(crs)}" if g[0] != crs else
+               f"pixels of {g[2][0]:g} x {-g[2][1]:g}, the mosaic's are {size[0]:g} x {-size[1]:g}"
+               for name, g in grids.items() if g is None or (g[0], g[2]) != (crs, size)}
+    if reasons:
+        print(f"notice: the mosaics in {out_dir} leave out "
+              + ", ".join(f"{name} ({why})" for name, why in reasons.items()) + "; add those as layers of their own")
+    inside = [name for name in names if name not in reasons]
+    # each area's top-left corner in pixels of the mosaic, whose corner is that of the area furthest up and left
+    offsets = {name: ((grids[name][1][0] - grids[inside[0]][1][0]) / size[0],
+                      (grids[name][1][1] - grids[inside[0]][1][1]) / size[1]) for name in inside}
+    left, top = min(x for x, _ in offsets.values()), min(y for _, y in offsets.values())
+    offsets = {name: (x - left, y - top) for name, (x, y) in offsets.items()}
+    width = math.ceil(max(x + shapes[name][1] for name, (x, _) in offsets.items()) - 1e-6)
+    height = math.ceil(max(y + shapes[name][0] for name, (_, y) in offsets.items()) - 1e-6)
+    corner = (grids[inside[0]][1][0] + left * size[0], grids[inside[0]][1][1] + top * size[1])
+    for kind in kinds:
+        mosaic = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
+        if isinstance(crs, str):
+            ET.SubElement(mosaic, "SRS").text = crs
+        ET.SubElement(mosaic, "GeoTransform").text = ", ".join(map(repr, (corner[0], size[0], 0.0, corner[1], 0.0,
+                                                                            size[1])))
+        with tifffile.TiffFile(out_dir / f"{inside[0]}_{kind}.tif") as tiff:
+            page = tiff.pages.first
+            samples, dtype, colours = page.samplesperpixel, page.dtype, page.colormap
+            nodata = page.tags.get(raster.GDAL_NODATA)
+        for band in range(1, samples + 1):
+            element = ET.SubElement(mosaic, "VRTRasterBand", dataType=GDAL_TYPES[dtype], band=str(band))
+            if nodata is not None:
+                ET.SubElement(element, "NoDataValue").text = nodata.value
+            if colours is not None:
+                ET.SubElement(element, "ColorInterp").text = "Palette"
+                table = ET.SubElement(element, "ColorTable")
+                for r, g, b in colours.T // 257:
+                    ET.SubElement(table, "Entry", c1=str(r), c2=str(g), c3=str(b), c4="255")
+            elif samples == 3 and page.photometric == tifffile.PHOTOMETRIC.RGB:
+                ET.SubElement(element, "ColorInterp").text = ("Red", "Green", "Blue")[band - 1]
+            for name in inside:
+                # a ComplexSource with NODATA: an area's pixels without data do not cover its neighbour's
+                source = ET.SubElement(element, "SimpleSource" if nodata is None else "ComplexSource")
+                ET.SubElement(source, "SourceFilename", relativeToVRT="1").text = f"{name}_{kind}.tif"
+                ET.SubElement(source, "SourceBand").text = str(band)
+                (h, w), (x, y) = shapes[name], offsets[name]
+                ET.SubElement(source, "SrcRect", xOff="0", yOff="0", xSize=str(w), ySize=str(h))
+                ET.SubElement(source, "DstRect", xOff=f"{x:.6f}", yOff=f"{y:.6f}", xSize=str(w), ySize=str(h))
+                if nodata is not None:
+                    ET.SubElement(source, "NODATA").text = nodata.value
+        ET.indent(mosaic)
+        temporary = out_dir / f".{kind}.vrt.partial"
+        ET.ElementTree(mosaic).write(temporary, encoding="utf-8")
+        os.replace(temporary, out_dir / f"{kind}.vrt")
 
 
 # -----------------------------------------------------------------------------
@@ -411,6 +638,8 @@ def parse_args(argv=None):
     p.add_argument("--scenario-map", action="store_true",
                    help="also write <name>_scenario.tif: the scenario each pixel was predicted in, 0 full, "
                         "1 missing RGIR, 2 missing NDSM, 255 neither modality has data")
+    p.add_argument("--overwrite", action="store_true",
+                   help="predict every area again (default: an area whose outputs are all in --out is skipped)")
     add_inference_flags(p)
     return p.parse_args(argv)
 

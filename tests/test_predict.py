@@ -208,9 +208,9 @@ def test_folders_give_one_output_per_image(checkpoint, tmp_path, capsys):
     predict("--out", tmp_path / "both", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
             "--checkpoint", checkpoint)
     assert "notice: 1 NDSM file(s)" in capsys.readouterr().out
-    assert files(tmp_path / "both") == ["a_labels.tif", "b_labels.tif"]
+    assert files(tmp_path / "both") == ["a_labels.tif", "b_labels.tif", "labels.vrt"]  # and their mosaic
     predict("--out", tmp_path / "rgir_only", "--rgir", tmp_path / "rgir", "--checkpoint", checkpoint)
-    assert files(tmp_path / "rgir_only") == ["a_labels.tif", "b_labels.tif"]
+    assert files(tmp_path / "rgir_only") == ["a_labels.tif", "b_labels.tif", "labels.vrt"]
 
 
 def test_strips_give_the_whole_image_result(model):
