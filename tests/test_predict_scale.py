@@ -1,0 +1,218 @@
+"""predict.py for a city: torchrun shares the areas out, reruns skip finished areas, outputs are tiled and
+compressed with overviews, and a folder gets a VRT mosaic of each output."""
+
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import predict as predict_py
+import raster
+import runtime
+from test_distributed import torchrun
+from test_predict import CPU, GEOREFERENCE, PATCH, files, predict, scene, tiny_checkpoint
+
+HEIGHT, WIDTH = 75, 93
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny.pt")
+
+
+def georeferenced(x, y, epsg=32632):
+    """GEOREFERENCE with the top-left corner at (x, y) metres, in UTM zone 32N (or another EPSG code)."""
+    tags = dict((tag[0], tag) for tag in GEOREFERENCE)
+    keys = list(tags[34735][3])
+    keys[-1] = epsg  # ProjectedCSTypeGeoKey, the directory's last key
+    tags[33922] = (33922, "d", 6, (0.0, 0.0, 0.0, x, y, 0.0), True)
+    tags[34735] = (34735, "H", 16, tuple(keys), True)
+    return list(tags.values())
+
+
+def runtime_model(checkpoint):
+    return runtime.model_from_checkpoint(runtime.load_checkpoint(checkpoint), CPU)
+
+
+def write_area(root, name, seed, x=497000.0, y=5420000.0, epsg=32632):
+    """root/rgir/<name>.tif (IRRG) and root/ndsm/<name>.tif with their top-left corner at (x, y)."""
+    rgir, ndsm = scene(HEIGHT, WIDTH, seed)
+    for folder, image, photometric in (("rgir", rgir, "rgb"), ("ndsm", ndsm, "minisblack")):
+        (root / folder).mkdir(exist_ok=True)
+        tifffile.imwrite(root / folder / f"{name}.tif", image, photometric=photometric,
+                         extratags=georeferenced(x, y, epsg))
+
+
+def folder(root, out, checkpoint, *flags):
+    predict("--out", out, "--rgir", root / "rgir", "--ndsm", root / "ndsm", "--checkpoint", checkpoint, *flags)
+
+
+# ------------------------------------------------------------------ torchrun
+
+
+def test_two_processes_write_the_areas_of_one(checkpoint, tmp_path):
+    for name, seed in (("a", 0), ("b", 1), ("c", 2)):
+        write_area(tmp_path, name, seed, x=497000.0 + 0.09 * WIDTH * seed)
+    folder(tmp_path, tmp_path / "one", checkpoint, "--probabilities")
+    result = torchrun("predict.py", "--out", tmp_path / "two", "--rgir", tmp_path / "rgir", "--ndsm",
+                      tmp_path / "ndsm", "--checkpoint", checkpoint, "--probabilities", "--batch-size", "3",
+                      "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    # the three areas shared out in turn: a and c to process 0, b to process 1, each written once
+    assert "wrote the predictions of 2 image(s)" in result.stdout and "(process 0 of 2)" in result.stdout
+    assert "wrote the predictions of 1 image(s)" in result.stdout and "(process 1 of 2)" in result.stdout
+    assert files(tmp_path / "two") == files(tmp_path / "one")
+    for name in files(tmp_path / "one"):
+        if name.endswith(".tif"):
+            two, one = (tifffile.imread(tmp_path / run / name) for run in ("two", "one"))
+            np.testing.assert_array_equal(two, one)
+        else:  # the mosaics
+            assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+
+
+# ------------------------------------------------------------------ reruns
+
+
+def test_a_rerun_predicts_only_the_areas_without_complete_outputs(checkpoint, tmp_path, capsys):
+    for name, seed in (("a", 0), ("b", 1)):
+        write_area(tmp_path, name, seed)
+    out = tmp_path / "out"
+    folder(tmp_path, out, checkpoint, "--probabilities")
+    labels = tifffile.imread(out / "b_labels.tif")
+    # as a run killed while writing b leaves it: b's labels renamed, not yet its probabilities, and a temporary
+    (out / "b_probabilities.tif").unlink()
+    (out / ".b_probabilities.tif.0.partial").write_bytes(b"half")
+    first = (out / "a_labels.tif").stat().st_mtime_ns
+    capsys.readouterr()
+    folder(tmp_path, out, checkpoint, "--probabilities")
+    printed = capsys.readouterr().out
+    assert "1 of 2 area(s) skipped" in printed and "wrote the predictions of 1 image(s)" in printed
+    assert (out / "a_labels.tif").stat().st_mtime_ns == first
+    assert files(out) == ["a_labels.tif", "a_probabilities.tif", "b_labels.tif", "b_probabilities.tif",
+                          "labels.vrt", "probabilities.vrt"]  # the temporary overwritten and removed
+    np.testing.assert_array_equal(tifffile.imread(out / "b_labels.tif"), labels)
+    folder(tmp_path, out, checkpoint)  # fewer outputs asked for: complete
+    assert "2 of 2 area(s) skipped" in capsys.readouterr().out
+    folder(tmp_path, out, checkpoint, "--overwrite")
+    assert "wrote the predictions of 2 image(s)" in capsys.readouterr().out
+    assert (out / "a_labels.tif").stat().st_mtime_ns != first
+
+
+# ------------------------------------------------------------------ tiled, compressed, overviews
+
+
+def test_halving_keeps_the_common_class_and_averages_probabilities():
+    ids = np.array([[1, 2, 5], [2, 3, 5], [4, 4, 4]], np.uint8)[..., None]
+    np.testing.assert_array_equal(predict_py.halved(ids, "mode")[..., 0], [[2, 5], [4, 4]])
+    tie = np.array([[1, 2], [3, 4]], np.uint8)[..., None]
+    assert predict_py.halved(tie, "mode")[0, 0, 0] == 1  # no value shared: the top-left one
+    colours = np.array([[[9, 0, 0], [0, 9, 0]], [[0, 9, 0], [9, 0, 0]]], np.uint8)  # a pixel's bands go together
+    np.testing.assert_array_equal(predict_py.halved(colours, "mode"), [[[9, 0, 0]]])
+    np.testing.assert_array_equal(predict_py.halved(ids, "mean")[..., 0], [[2, 5], [4, 4]])
+    halves = np.array([[0, 1]], np.uint8)[..., None]
+    assert predict_py.halved(halves, "mean")[0, 0, 0] == 1  # 0.5 rounded half up
+    floats = np.arange(6, dtype=np.float32).reshape(2, 3, 1)  # the odd last column pairs with itself: 2, 5
+    np.testing.assert_allclose(predict_py.halved(floats, "mean")[..., 0], [[2, 3.5]])
+
+
+def test_outputs_are_tiled_compressed_with_overviews_and_read_back(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(predict_py, "TILE", 16)  # overviews for a small image
+    write_area(tmp_path, "a", 0)
+    predict("--out", tmp_path / "out", "--rgir", tmp_path / "rgir" / "a.tif", "--ndsm", tmp_path / "ndsm" / "a.tif",
+            "--checkpoint", checkpoint, "--probabilities", "--attention", "--scenario-map")
+    strips = list(predict_py.predict_strips(runtime_model(checkpoint), *scene(HEIGHT, WIDTH, 0), PATCH, PATCH // 4, 3,
+                                            CPU, None, probabilities=True, attention=True))
+    expected = {key: np.concatenate([strip[key] for strip in strips]) for key in strips[0]}
+    expected["probabilities"] = np.rint(255 * expected["probabilities"]).astype(np.uint8)
+    for kind in ("labels", "probabilities", "attention", "scenario"):
+        path = tmp_path / "out" / f"a_{kind}.tif"
+        with tifffile.TiffFile(path) as tiff:
+            pages = list(tiff.pages)
+            assert [page.shape[:2] for page in pages] == [(75, 93), (38, 47), (19, 24), (10, 12)], kind
+            assert all(page.is_tiled and page.tilewidth == 16 and page.compression == 8 for page in pages)
+            assert [page.subfiletype for page in pages] == [0, 1, 1, 1]  # overviews: reduced-resolution images
+            assert {tag.code for tag in pages[0].tags} >= set(raster.GEOTIFF_TAGS) - {34264}
+            full, overview = pages[0].asarray(), pages[1].asarray()
+        pixels = raster.read_bands(path)[0]  # the project's own reader
+        np.testing.assert_array_equal(pixels.reshape(full.shape), full)
+        if kind == "attention":
+            np.testing.assert_allclose(full, expected[kind], rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(full, expected[kind])
+        reduce = "mean" if kind in ("probabilities", "attention") else "mode"
+        halves = predict_py.halved(full if full.ndim == 3 else full[..., None], reduce)
+        np.testing.assert_array_equal(overview, halves.reshape(overview.shape))
+    with tifffile.TiffFile(tmp_path / "out" / "a_labels.tif") as tiff:
+        assert all(page.colormap is not None for page in tiff.pages)
+        assert tiff.pages.first.tags[raster.GDAL_NODATA].value == "255"
+
+
+# ------------------------------------------------------------------ the mosaic
+
+
+def test_a_folder_gets_a_mosaic_that_leaves_out_another_coordinate_system(checkpoint, tmp_path, capsys):
+    write_area(tmp_path, "west", 0)
+    write_area(tmp_path, "east", 1, x=497000.0 + 0.09 * WIDTH)
+    write_area(tmp_path, "south", 2, y=5420000.0 - 0.09 * HEIGHT)
+    write_area(tmp_path, "elsewhere", 3, epsg=25832)
+    folder(tmp_path, tmp_path / "out", checkpoint, "--colour")
+    assert "leave out elsewhere (coordinate system EPSG:25832, the mosaic's is EPSG:32632)" in capsys.readouterr().out
+    mosaic = ET.parse(tmp_path / "out" / "labels.vrt").getroot()
+    assert (mosaic.get("rasterXSize"), mosaic.get("rasterYSize")) == (str(2 * WIDTH), str(2 * HEIGHT))
+    assert mosaic.find("SRS").text == "EPSG:32632"
+    assert [float(v) for v in mosaic.find("GeoTransform").text.split(",")] == [497000.0, 0.09, 0, 5420000.0, 0, -0.09]
+    bands = mosaic.findall("VRTRasterBand")
+    assert [band.find("ColorInterp").text for band in bands] == ["Red", "Green", "Blue"]
+    placed = {source.find("SourceFilename").text: tuple(float(source.find("DstRect").get(k)) for k in ("xOff", "yOff"))
+              for source in bands[0].findall("SimpleSource")}
+    assert placed == {"east_labels.tif": (WIDTH, 0), "south_labels.tif": (0, HEIGHT), "west_labels.tif": (0, 0)}
+    if shutil.which("gdalinfo"):  # GDAL reads the mosaic and the files it names
+        info = subprocess.run(["gdalinfo", "-checksum", tmp_path / "out" / "labels.vrt"], capture_output=True,
+                              text=True, check=True).stdout
+        assert f"Size is {2 * WIDTH}, {2 * HEIGHT}" in info and "Checksum=" in info and "ERROR" not in info
+
+
+@pytest.mark.skipif(not shutil.which("gdalinfo"), reason="GDAL's gdalinfo is not installed")
+def test_gdal_reads_the_outputs_with_their_overviews(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(predict_py, "TILE", 16)
+    write_area(tmp_path, "a", 0)
+    predict("--out", tmp_path / "out", "--rgir", tmp_path / "rgir" / "a.tif", "--checkpoint", checkpoint,
+            "--probabilities")
+    labels = subprocess.run(["gdalinfo", "-checksum", tmp_path / "out" / "a_labels.tif"], capture_output=True,
+                            text=True, check=True).stdout
+    for expected in ("Block=16x16", "COMPRESSION=DEFLATE", "ColorInterp=Palette", "NoData Value=255",
+                     "Overviews: 47x38, 24x19, 12x10", "WGS 84 / UTM zone 32N"):
+        assert expected in labels
+    probabilities = subprocess.run(["gdalinfo", "-checksum", tmp_path / "out" / "a_probabilities.tif"],
+                                   capture_output=True, text=True, check=True).stdout
+    assert probabilities.count("Overviews checksum") == 6 and "ERROR" not in probabilities
+
+
+# ------------------------------------------------------------------ --compile
+
+
+def test_full_batches_feed_the_model_one_batch_size_and_change_no_label(checkpoint):
+    model = runtime_model(checkpoint)
+    seen = []
+
+    class Recorded(torch.nn.Module):
+        config = model.config
+
+        def forward(self, rgir, ndsm):
+            seen.append((rgir if rgir is not None else ndsm).shape[0])
+            return model(rgir, ndsm)
+
+    rgir, ndsm = scene(HEIGHT, WIDTH, 0)
+    rgir_valid = np.ones((HEIGHT, WIDTH), bool)
+    rgir_valid[:, :40] = False  # two scenarios, each on its share of some batches
+    run = lambda m: np.concatenate([strip["labels"] for strip in predict_py.predict_strips(
+        m, rgir, ndsm, PATCH, PATCH // 4, 4, CPU, None, rgir_valid=rgir_valid)])
+    plain = run(Recorded())
+    assert len(set(seen)) > 1  # batches of several sizes
+    seen.clear()
+    np.testing.assert_array_equal(run(predict_py.FullBatches(Recorded(), 4)), plain)
+    assert set(seen) == {4}
