@@ -20,6 +20,7 @@ RGIR where one has, none (label 255) where neither has.
 import argparse
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 import xml.etree.ElementTree as ET
@@ -414,7 +415,7 @@ def area_name(rgir_path, ndsm_path):
 
 
 def checked(args, checkpoint, device, rank, world):
-    """The model, every pair, this process's pairs and the output folder, all inputs of its pairs read and checked.
+    """The model, every pair, and this process's pairs, all inputs of its pairs read and checked.
     Areas whose outputs are all in --out are skipped (--overwrite: none), the others are shared out in turn
     among the `world` processes of a torchrun, and each reads and checks its own."""
     pairs, notices = prediction_pairs(args.rgir, args.ndsm)
@@ -435,15 +436,14 @@ def checked(args, checkpoint, device, rank, world):
     for rgir_path, ndsm_path in mine:  # every input is read and checked before anything is written
         for notice in read_pair(rgir_path, ndsm_path, args, checkpoint.get("dataset"))[-1]:
             print(notice)
-    # one process makes the folder: another's write test could remove the test file of the first
-    out_dir = writable_dir(args.out, "--out") if rank == 0 else Path(args.out)
-    return model, pairs, mine, out_dir
+    return model, pairs, mine
 
 
 def agreed(check, device, rank, world):
     """check() in every process; where it stops with a user error in any of them, every process stops, before any
     has written anything, and only the first of those that stopped says why (the same error in every
-    process would otherwise be printed once for each)."""
+    process would otherwise be printed once for each), before any exits: torchrun stops the others at the
+    first exit."""
     try:
         result, error = check(), None
     except DataError as e:
@@ -452,9 +452,10 @@ def agreed(check, device, rank, world):
         first = torch.tensor([rank if error else world], device=device)
         dist.all_reduce(first, op=dist.ReduceOp.MIN)
         if first.item() < world:
+            if first.item() == rank:
+                print("error: " + " ".join(str(error).splitlines()), file=sys.stderr, flush=True)
             leave_distributed()
-            if first.item() != rank:
-                raise SystemExit(2)
+            raise SystemExit(2)
     if error:
         raise error
     return result
@@ -464,7 +465,9 @@ def predict(args, checkpoint, window, overlap, device, amp_dtype):
     """Label maps of new imagery, one per orthophoto/NDSM pair; under torchrun the processes share the pairs
     out, each pair predicted and written by one of them. For folders, a mosaic of each output."""
     device, rank, world = setup_distributed(device)
-    model, pairs, mine, out_dir = agreed(lambda: checked(args, checkpoint, device, rank, world), device, rank, world)
+    model, pairs, mine = agreed(lambda: checked(args, checkpoint, device, rank, world), device, rank, world)
+    # then one process makes the folder (another's write test could remove the test file of the first)
+    out_dir = agreed(lambda: writable_dir(args.out, "--out") if rank == 0 else Path(args.out), device, rank, world)
     start = time.perf_counter()
     for rgir_path, ndsm_path in tqdm(mine, desc="predicting", unit="image", disable=None if rank == 0 else True):
         predict_file(model, rgir_path, ndsm_path, out_dir, args, window, overlap, device, amp_dtype)
