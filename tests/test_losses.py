@@ -199,6 +199,9 @@ def test_dice_loss_is_near_zero_for_a_confident_correct_prediction():
 def test_median_frequency_weights():
     w = median_frequency_weights([0.3, 0.2, 0.25, 0.2, 0.05, 0.0])
     np.testing.assert_allclose(w.numpy(), [0.2 / 0.3, 1.0, 0.8, 1.0, 4.0, 0.0], rtol=1e-6)
+    # The median runs over the classes present: with three absent, over all six it would be 0.1.
+    w = median_frequency_weights([0.5, 0.3, 0.2, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(w.numpy(), [0.6, 1.0, 1.5, 0.0, 0.0, 0.0], rtol=1e-6)
 
 
 # --------------------------------------------------------- Eq. 14 (combined)

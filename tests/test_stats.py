@@ -116,13 +116,17 @@ def test_a_gain_on_one_tile_is_resolved_over_seeds_but_not_over_seeds_and_tiles(
 
 def fake_run(mf1_wrong, distance, clutter_as_car=0):
     """A run whose tiles have `mf1_wrong[scenario]` cars taken for roads, the same distance for
-    every pair and Z of norm 1."""
+    every pair, Z of norm 1, and channel sums whose standardised distance is `distance` too (two
+    channels of variance 1 over 100 pixels)."""
     def confusion(s):
         c = diagonal(100, mf1_wrong[s])
         c[CLUTTER, 4] = clutter_as_car
         return c
+    channels = {"pixels": 100, "full_sum": [0.0, 0.0], "full_sumsq": [100.0, 100.0],
+                **{f"{a}_vs_{b}": [50 * distance**2] * 2 for a, b in evaluate.DISTANCE_PAIRS}}
     tiles = {f"area{t}": {"confusion": {s: confusion(s).tolist() for s in SCENARIOS}, "windows": 4,
-                          "feature_distance": {**{f"{a}_vs_{b}": distance for a, b in evaluate.DISTANCE_PAIRS}, "z_full": 1.0}}
+                          "feature_distance": {**{f"{a}_vs_{b}": distance for a, b in evaluate.DISTANCE_PAIRS}, "z_full": 1.0},
+                          "z_channels": channels}
              for t in range(4)}
     total = {s: 4 * confusion(s) for s in SCENARIOS}
     return {"per_tile": tiles, "scores": {s: evaluate.scores(total[s]) for s in SCENARIOS}}
