@@ -415,7 +415,8 @@ def area_name(rgir_path, ndsm_path):
 
 
 def checked(args, checkpoint, device, rank, world):
-    """The model, every pair, and this process's pairs, all inputs of its pairs read and checked.
+    """The model, every pair, how many areas are skipped, this process's pairs whose inputs read and check
+    well, and the failures ({area: one-line reason}) of its others, each said in one line as it is found.
     Areas whose outputs are all in --out are skipped (--overwrite: none), the others are shared out in turn
     among the `world` processes of a torchrun, and each reads and checks its own."""
     pairs, notices = prediction_pairs(args.rgir, args.ndsm)
@@ -432,11 +433,24 @@ def checked(args, checkpoint, device, rank, world):
                        "are complete (--overwrite predicts them again)")
     for notice in notices if rank == 0 else []:
         print(notice)
-    mine = todo[rank::world]
-    for rgir_path, ndsm_path in mine:  # every input is read and checked before anything is written
-        for notice in read_pair(rgir_path, ndsm_path, args, checkpoint.get("dataset"))[-1]:
+    mine, failures = [], {}
+    for pair in todo[rank::world]:  # every input is read and checked before anything is written
+        try:
+            notices = read_pair(*pair, args, checkpoint.get("dataset"))[-1]
+        except DataError as error:  # this area fails, the others go on
+            failures[area_name(*pair)] = failure(error)
+            continue
+        for notice in notices:
             print(notice)
-    return model, pairs, mine
+        mine.append(pair)
+    return model, pairs, len(pairs) - len(todo), mine, failures
+
+
+def failure(error):
+    """A failed area's reason, said at once in one line (on stderr, as a user error), and returned."""
+    reason = " ".join(str(error).splitlines())
+    tqdm.write(f"error: {reason}", file=sys.stderr)
+    return reason
 
 
 def agreed(check, device, rank, world):
@@ -463,20 +477,56 @@ def agreed(check, device, rank, world):
 
 def predict(args, checkpoint, window, overlap, device, amp_dtype):
     """Label maps of new imagery, one per orthophoto/NDSM pair; under torchrun the processes share the pairs
-    out, each pair predicted and written by one of them. For folders, a mosaic of each output."""
+    out, each pair predicted and written by one of them. An area whose input is bad or whose write fails is
+    said in one line by the process that meets it, and the others go on; the first process ends with a
+    summary line, and every process exits with status 2 if an area failed. For folders, a mosaic of each output."""
     device, rank, world = setup_distributed(device)
-    model, pairs, mine = agreed(lambda: checked(args, checkpoint, device, rank, world), device, rank, world)
+    model, pairs, skipped, mine, failures = agreed(lambda: checked(args, checkpoint, device, rank, world),
+                                                   device, rank, world)
+    if sum(gathered(len(mine), world)) + skipped == 0:  # every area failed its check: nothing is written
+        finish(pairs, skipped, 0, failures, rank, world)
     # then one process makes the folder (another's write test could remove the test file of the first)
     out_dir = agreed(lambda: writable_dir(args.out, "--out") if rank == 0 else Path(args.out), device, rank, world)
     start = time.perf_counter()
-    for rgir_path, ndsm_path in tqdm(mine, desc="predicting", unit="image", disable=None if rank == 0 else True):
-        predict_file(model, rgir_path, ndsm_path, out_dir, args, window, overlap, device, amp_dtype)
+    for pair in tqdm(mine, desc="predicting", unit="image", disable=None if rank == 0 else True):
+        try:
+            predict_file(model, *pair, out_dir, args, window, overlap, device, amp_dtype)
+        except DataError as error:  # a failed write (a full disk): said, and the next area tried
+            failures[area_name(*pair)] = failure(error)
+    written = len([pair for pair in mine if area_name(*pair) not in failures])
     by = f" (process {rank} of {world})" if world > 1 else ""
-    print(f"wrote the predictions of {len(mine)} image(s) to {out_dir} in {time.perf_counter() - start:.1f} s{by}")
+    print(f"wrote the predictions of {written} image(s) to {out_dir} in {time.perf_counter() - start:.1f} s{by}")
+    finish(pairs, skipped, written, failures, rank, world, out_dir if Path(args.rgir or args.ndsm).is_dir() else None,
+           output_kinds(args))
+
+
+def gathered(value, world):
+    """[value of each process] in process order: what every process of a torchrun gave, [value] without one."""
+    if world == 1:
+        return [value]
+    values = [None] * world
+    dist.all_gather_object(values, value)
+    return values
+
+
+def finish(pairs, skipped, written, failures, rank, world, mosaic_dir=None, kinds=()):
+    """Waits for every process's areas; then the first writes the mosaics of the areas that did not fail (in
+    `mosaic_dir`, None: none) and prints the summary line, and every process exits with status 2 if any area
+    failed anywhere. Returns otherwise."""
+    written, failures = zip(*gathered((written, failures), world))
+    failures = {name: reason for each in failures for name, reason in each.items()}
     if world > 1:
-        leave_distributed()  # waits for every process's areas
-    if rank == 0 and Path(args.rgir or args.ndsm).is_dir():
-        write_mosaics(out_dir, [area_name(*pair) for pair in pairs], output_kinds(args))
+        leave_distributed()
+    if rank == 0:
+        names = [area_name(*pair) for pair in pairs]
+        complete = [name for name in names if name not in failures]
+        if mosaic_dir is not None and complete:
+            write_mosaics(mosaic_dir, complete, kinds)
+        failed = [f"{name} ({failures[name]})" for name in names if name in failures]
+        print(f"{len(pairs)} area(s): {sum(written)} predicted, {skipped} skipped (outputs complete), "
+              f"{len(failed)} failed" + (": " + "; ".join(failed) if failed else ""))
+    if failures:
+        raise SystemExit(2)
 
 
 class FullBatches(torch.nn.Module):

@@ -317,14 +317,40 @@ def test_truncated_input(checkpoint, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_bad_file_in_a_folder_stops_before_any_output(checkpoint, tmp_path, capsys):
-    write_pair(tmp_path, *scene(), name="a")
-    _, height = write_pair(tmp_path, *scene(seed=1), name="b")
-    height.write_bytes(b"not an image")
-    line = refused(capsys, "--out", tmp_path / "out", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
-                   "--checkpoint", checkpoint)
-    assert "b.tif" in line
-    assert not (tmp_path / "out").exists()
+def test_a_bad_area_in_a_folder_is_said_and_the_others_are_predicted(checkpoint, tmp_path, capsys):
+    for name, seed in (("a", 0), ("b", 1), ("c", 2)):
+        write_pair(tmp_path, *scene(seed=seed), name=name)
+    (tmp_path / "ndsm" / "b.tif").write_bytes(b"not an image")
+    with pytest.raises(SystemExit) as stop:
+        predict("--out", tmp_path / "out", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
+                "--checkpoint", checkpoint)
+    printed = capsys.readouterr()
+    (line,) = printed.err.strip().splitlines()
+    assert stop.value.code == 2 and line.startswith("error: ") and "b.tif" in line
+    assert files(tmp_path / "out") == ["a_labels.tif", "c_labels.tif", "labels.vrt"]
+    assert printed.out.strip().splitlines()[-1] == (f"3 area(s): 2 predicted, 0 skipped (outputs complete), 1 failed: "
+                                                     f"b ({line.removeprefix('error: ')})")
+
+
+def test_a_failed_write_in_a_folder_fails_that_area_only(checkpoint, tmp_path, capsys, monkeypatch):
+    for name, seed in (("a", 0), ("b", 1)):
+        write_pair(tmp_path, *scene(seed=seed), name=name)
+    commit = predict_py.StripWriter.commit
+
+    def disk_full_for_a(writer):
+        if writer.path.name.startswith("a_"):
+            raise OSError(28, "No space left on device")
+        commit(writer)
+
+    monkeypatch.setattr(predict_py.StripWriter, "commit", disk_full_for_a)
+    with pytest.raises(SystemExit) as stop:
+        predict("--out", tmp_path / "out", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
+                "--checkpoint", checkpoint)
+    printed = capsys.readouterr()
+    (line,) = printed.err.strip().splitlines()
+    assert stop.value.code == 2 and "cannot write the prediction of a" in line and "No space left" in line
+    assert files(tmp_path / "out") == ["b_labels.tif", "labels.vrt"]  # a's temporaries removed, a not in the mosaic
+    assert "2 area(s): 1 predicted, 0 skipped (outputs complete), 1 failed: a (" in printed.out
 
 
 def test_orthophoto_without_a_matching_ndsm(checkpoint, tmp_path, capsys):

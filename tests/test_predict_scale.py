@@ -74,6 +74,20 @@ def test_two_processes_write_the_areas_of_one(checkpoint, tmp_path):
             assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
 
 
+def test_under_torchrun_a_bad_area_is_said_by_its_process_and_summed_up_by_the_first(checkpoint, tmp_path):
+    for name, seed in (("a", 0), ("b", 1), ("c", 2)):
+        write_area(tmp_path, name, seed, x=497000.0 + 0.09 * WIDTH * seed)
+    (tmp_path / "rgir" / "b.tif").write_bytes(b"not an image")  # b goes to process 1
+    result = torchrun("predict.py", "--out", tmp_path / "out", "--rgir", tmp_path / "rgir", "--ndsm",
+                      tmp_path / "ndsm", "--checkpoint", checkpoint, "--batch-size", "3", "--device", "cpu")
+    # exit status 2 in both processes, so torchrun fails (its own report and traceback follow on stderr)
+    assert result.returncode != 0 and "exitcode  : 2" in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert f"{tmp_path / 'rgir' / 'b.tif'}: cannot be read" in line
+    assert "3 area(s): 2 predicted, 0 skipped (outputs complete), 1 failed: b (" in result.stdout
+    assert files(tmp_path / "out") == ["a_labels.tif", "c_labels.tif", "labels.vrt"]
+
+
 # ------------------------------------------------------------------ reruns
 
 
