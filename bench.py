@@ -152,7 +152,15 @@ def inference_benchmark(args, device, amp_dtype):
             model(rgir, ndsm)
 
     flops = count_flops(lambda: step(net))  # net, not model: a compiled graph hides its operations from the counter
-    report_benchmark("inference", measure(step, B, device, BENCHMARK_WARMUP, args.repeats), flops, args, device, amp_dtype)
+    result = measure(step, B, device, BENCHMARK_WARMUP, args.repeats)
+    # predict.py's windows overlap by a quarter window, so a large area has (4/3)^2 windows per pixel
+    windows_per_pixel = (p / (p - p // 4)) ** 2
+    prediction = dict(prediction_mpx_s=result["images_per_s"] * p * p / windows_per_pixel / 1e6,
+                      gflop_per_predicted_mpx=flops / (B * p * p) * windows_per_pixel * 1e6 / 1e9)
+    print(f"prediction of a large area at the default overlap ({windows_per_pixel:.2f} windows per pixel), windows "
+          f"only: {prediction['prediction_mpx_s']:.3f} megapixels/s, {prediction['gflop_per_predicted_mpx']:.0f} GFLOP "
+          "per megapixel")
+    report_benchmark("inference", result, flops, args, device, amp_dtype, **prediction)
 
 
 def training_benchmark(args, device, amp_dtype):

@@ -14,6 +14,13 @@ steps, then rounds in which every model and a large fp32 matrix product take
 one timed step each, so that a change of machine load touches all alike), the
 achieved GFLOP/s and the peak resident memory (each model in a process of its
 own). docs/speed.md has a table from it and says what is counted.
+
+With --predict it times prediction instead: predict.py's path over one random
+area (predict.predict_strips: sliding windows at the default overlap, stitched)
+with our model and with theirs, in turns, in megapixels per second beside the
+limit the machine's fp32 matrix-product rate sets (docs/predict.md):
+
+    python tools/compare_authors.py --authors-code ../DIS2-authors --predict --threads 1
 """
 
 import functools
@@ -25,6 +32,7 @@ import time
 import types
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -33,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's
 
 import bench
 import data
+import predict
 import runtime
 import train
 from dis2 import DIS2, DIS2Config, LAYOUTS
@@ -58,6 +67,11 @@ def parse_args(argv=None):
                    help="only run two training steps of this model and print the peak resident memory in MB "
                         "(the comparison runs one such process per model and step)")
     p.add_argument("--inference", action="store_true", help="with --peak-memory-of: inference steps instead")
+    p.add_argument("--predict", action="store_true",
+                   help="time prediction of one random area as predict.py runs it (windows of --patch at the "
+                        "default overlap, a quarter window, stitched), ours beside theirs, in megapixels per second")
+    p.add_argument("--area", type=data.positive_int, default=640,
+                   help="with --predict: side of the square area in pixels (default 640: 3 x 3 windows of 256)")
     args = p.parse_args(argv)
     runtime.check_patch(args.patch)
     if args.threads:
@@ -249,6 +263,84 @@ def markdown(figures, mm, args):
     return "\n".join(lines)
 
 
+# -----------------------------------------------------------------------------
+# Prediction of one area, as predict.py runs it, with each model
+
+
+class AuthorsForPrediction(torch.nn.Module):
+    """Their model behind the interface predict.predict_strips calls: model(rgir, ndsm) with both modalities
+    (the only scenario an area with data everywhere runs), their input stacked and their full-modality mask."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config = model, SimpleNamespace(num_classes=6)
+
+    def forward(self, rgir, ndsm):
+        masks = torch.tensor([AUTHORS_FULL] * len(rgir))
+        seg_pred = self.model(torch.cat([rgir, ndsm], dim=1), masks, torch.device("cpu"))["seg_pred"]
+        return SimpleNamespace(logits=seg_pred, attention=None)
+
+
+def measure_predictions(args):
+    """{model: figures} of predicting one random area of args.area pixels a side with each model (ours in the
+    default layout; both layouts infer alike), its FLOPs counted once, then, after a warm-up area each,
+    rounds in which each model predicts the area and the fp32 matrix product runs once, in turn; and the
+    matrix product's rates. Window args.patch, overlap a quarter window, batch args.batch_size."""
+    rng = np.random.default_rng(0)
+    rgir = rng.integers(0, 256, (args.area, args.area, 3), np.uint8)
+    ndsm = rng.integers(0, 256, (args.area, args.area), np.uint8)
+    window, overlap = args.patch, args.patch // 4
+    DLKD_ver4, _ = import_authors(args.authors_code)
+    torch.manual_seed(0)
+    authors = DLKD_ver4(num_classes=6, image_size=(window, window)).eval()
+    authors.is_training = False
+    models = {"authors": AuthorsForPrediction(authors), "ours": DIS2(DIS2Config(pos_size=window)).eval()}
+    a, b = torch.randn(MM_SIZE, MM_SIZE), torch.randn(MM_SIZE, MM_SIZE)
+    timed = {"mm": lambda: torch.mm(a, b)}
+    for name, model in models.items():
+        timed[name] = lambda model=model: [*predict.predict_strips(model, rgir, ndsm, window, overlap, args.batch_size,
+                                                                   torch.device("cpu"), None)]
+    windows = len(data.sliding_windows(args.area, args.area, window, overlap))
+    megapixels = args.area**2 / 1e6
+    figures = {name: dict(gflop_per_mpx=count(timed[name]) / 1e9 / megapixels) for name in models}
+    for step in timed.values():
+        step()
+    seconds = {key: [] for key in timed}
+    for round_ in range(args.repeats):
+        for key, step in timed.items():
+            start = time.perf_counter()
+            step()
+            seconds[key].append(time.perf_counter() - start)
+        print(f"round {round_ + 1}/{args.repeats}: " + ", ".join(f"{k} {s[-1]:.3f} s" for k, s in seconds.items()), flush=True)
+    mm_rates = [2 * MM_SIZE**3 / s / 1e9 for s in seconds["mm"]]
+    mm = dict(gflop_s_median=float(np.median(mm_rates)), gflop_s_min=min(mm_rates), gflop_s_max=max(mm_rates))
+    for name, f in figures.items():
+        median = float(np.median(seconds[name]))
+        f.update(s_median=median, s_min=min(seconds[name]), s_max=max(seconds[name]), mpx_s=megapixels / median,
+                 gflop_s=f["gflop_per_mpx"] * megapixels / median, limit_mpx_s=mm["gflop_s_median"] / f["gflop_per_mpx"])
+    return figures, mm, dict(windows=windows, windows_per_pixel=windows * window**2 / args.area**2)
+
+
+def prediction_markdown(figures, mm, area, args):
+    """The table of docs/predict.md's Throughput: each model's prediction of the area, then the ratio."""
+    lines = [f"{args.area}x{args.area} area, {args.patch} px windows overlapping by {args.patch // 4} "
+             f"({area['windows']} windows, {area['windows_per_pixel']:.2f} per pixel), batch {args.batch_size}, CPU, "
+             f"{torch.get_num_threads()} threads, fp32, torch {torch.__version__}; median [min, max] of {args.repeats} "
+             f"rounds; fp32 matrix product ({MM_SIZE}x{MM_SIZE}): {mm['gflop_s_median']:.0f} GFLOP/s "
+             f"[{mm['gflop_s_min']:.0f}, {mm['gflop_s_max']:.0f}]", "",
+             "| model | GFLOP per megapixel | time per area (s) | megapixels/s | achieved GFLOP/s | "
+             "limit: mm rate / GFLOP per megapixel | share of the limit |", "|---|---|---|---|---|---|---|"]
+    for name, f in figures.items():
+        lines.append(f"| {name} | {f['gflop_per_mpx']:.0f} | {f['s_median']:.2f} [{f['s_min']:.2f}, {f['s_max']:.2f}] | "
+                     f"{f['mpx_s']:.3f} | {f['gflop_s']:.0f} | {f['limit_mpx_s']:.3f} | "
+                     f"{100 * f['mpx_s'] / f['limit_mpx_s']:.0f}% |")
+    authors, ours = figures["authors"], figures["ours"]
+    lines += ["", f"authors' / ours: time {authors['s_median'] / ours['s_median']:.2f} = GFLOP "
+                  f"{authors['gflop_per_mpx'] / ours['gflop_per_mpx']:.2f} x GFLOP/s (ours / authors') "
+                  f"{ours['gflop_s'] / authors['gflop_s']:.2f}"]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.peak_memory_of:
@@ -262,6 +354,16 @@ def main(argv=None):
         print(int(status.split("VmHWM:")[1].split()[0]) / 1024)  # kB
         return
     import_authors(args.authors_code)  # a wrong path fails here, before anything is measured
+    if args.predict:
+        figures, mm, area = measure_predictions(args)
+        print()
+        print(prediction_markdown(figures, mm, area, args))
+        if args.json:
+            Path(args.json).write_text(json.dumps(dict(area=args.area, patch=args.patch, batch_size=args.batch_size,
+                                                       repeats=args.repeats, threads=torch.get_num_threads(),
+                                                       torch=torch.__version__, mm_fp32=mm, **area, models=figures),
+                                                  indent=2))
+        return
     figures, mm = measure_all(args)
     print()
     print(markdown(figures, mm, args))
