@@ -168,22 +168,30 @@ def test_tables_show_both_protocols_and_the_layout_comparison():
                                                   ("shared better", "shared better")]
 
 
-def test_relative_distance_ignores_a_rescaling_of_z(dataset):
-    """Batch norm's scale and shift before Z times 0.7, the classifier divided by 0.7: the
-    logits stay, the raw distances shrink by 30%, the relative ones do not move."""
+def scored_before_and_after_rescaling_z(dataset, factors):
+    """A tiny model's test tiles scored (scores, distances, per tile), then again after channel j of
+    Z is multiplied by factors(C)[j] > 0 through the merge batch norm's scale and shift, and the
+    classifier's column j divided by it, which leaves the logits as they are."""
     torch.manual_seed(0)
     model = DIS2(DIS2Config(width=4, embed_dim=16, heads=2, depth=1, pos_size=32)).eval()
     tiles = data.load_split(dataset, "test")
-    cpu = torch.device("cpu")
-    evaluation = lambda: evaluate.evaluate_tiles(model, tiles, list(SCENARIOS), 32, 8, 2, cpu, None,
+    evaluation = lambda: evaluate.evaluate_tiles(model, tiles, list(SCENARIOS), 32, 8, 2, torch.device("cpu"), None,
                                                  feature_distance=True, progress=False)
-    scores, raw, per_tile = evaluation()
+    before = evaluation()
     head = model.fusion_decoder("full")
+    c = factors(head.classifier.in_channels)
     with torch.no_grad():
-        head.decoder.merge[1].weight *= 0.7
-        head.decoder.merge[1].bias *= 0.7
-        head.classifier.weight /= 0.7
-    rescaled_scores, rescaled, rescaled_tiles = evaluation()
+        head.decoder.merge[1].weight *= c
+        head.decoder.merge[1].bias *= c
+        head.classifier.weight /= c[None, :, None, None]
+    return before, evaluation()
+
+
+def test_relative_distance_ignores_a_rescaling_of_z(dataset):
+    """Batch norm's scale and shift before Z times 0.7, the classifier divided by 0.7: the
+    logits stay, the raw distances shrink by 30%, the relative ones do not move."""
+    (scores, raw, per_tile), (rescaled_scores, rescaled, rescaled_tiles) = scored_before_and_after_rescaling_z(
+        dataset, lambda C: torch.full((C,), 0.7))
     assert rescaled_scores == scores
     run = lambda tiles_: {"per_tile": tiles_}
     for pair in evaluate.DISTANCE_PAIRS:
@@ -197,20 +205,8 @@ def test_standardised_distance_ignores_a_rescaling_of_each_channel_of_z(dataset)
     """Each channel j of Z times its own c_j > 0 (the merge batch norm's scale and shift), the
     classifier's column j divided by c_j: the logits stay, the raw and relative distances move,
     the standardised distance (claim 2's measure), per tile and over the tiles, does not."""
-    torch.manual_seed(0)
-    model = DIS2(DIS2Config(width=4, embed_dim=16, heads=2, depth=1, pos_size=32)).eval()
-    tiles = data.load_split(dataset, "test")
-    cpu = torch.device("cpu")
-    evaluation = lambda: evaluate.evaluate_tiles(model, tiles, list(SCENARIOS), 32, 8, 2, cpu, None,
-                                                 feature_distance=True, progress=False)
-    scores, raw, per_tile = evaluation()
-    head = model.fusion_decoder("full")
-    factors = torch.linspace(0.3, 3.0, head.classifier.in_channels)
-    with torch.no_grad():
-        head.decoder.merge[1].weight *= factors
-        head.decoder.merge[1].bias *= factors
-        head.classifier.weight /= factors[None, :, None, None]
-    rescaled_scores, rescaled, rescaled_tiles = evaluation()
+    (scores, raw, per_tile), (rescaled_scores, rescaled, rescaled_tiles) = scored_before_and_after_rescaling_z(
+        dataset, lambda C: torch.linspace(0.3, 3.0, C))
     assert rescaled_scores == scores
     run = lambda tiles_: {0: {"per_tile": tiles_}}
     for pair in evaluate.DISTANCE_PAIRS:

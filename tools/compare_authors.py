@@ -204,6 +204,22 @@ def peak_memory(name, inference, args):
     return float(result.stdout.strip().splitlines()[-1])
 
 
+def interleaved_rounds(timed, repeats, warmup):
+    """{key: [seconds per round]}: each step of `timed` run `warmup` times, then once per round, the
+    steps in turn within a round, so that a load on the shared machine falls on all of them alike."""
+    for step in timed.values():
+        for _ in range(warmup):
+            step()
+    seconds = {key: [] for key in timed}
+    for round_ in range(repeats):
+        for key, step in timed.items():
+            start = time.perf_counter()
+            step()
+            seconds[key].append(time.perf_counter() - start)
+        print(f"round {round_ + 1}/{repeats}: " + ", ".join(f"{k} {s[-1]:.3f} s" for k, s in seconds.items()), flush=True)
+    return seconds
+
+
 def measure_all(args):
     """Returns {model: figures} and the matrix-product rates, all measured in this one run."""
     a, b = torch.randn(MM_SIZE, MM_SIZE), torch.randn(MM_SIZE, MM_SIZE)
@@ -216,16 +232,7 @@ def measure_all(args):
         timed[f"{name} train"], timed[f"{name} inference"] = train_step, inference_step
         print(f"{name}: {parameters / 1e6:.2f} M parameters, {figures[name]['train_gflop']:.1f} GFLOP per training step, "
               f"{figures[name]['inference_gflop']:.1f} GFLOP per inference", flush=True)
-    for step in timed.values():
-        for _ in range(bench.BENCHMARK_WARMUP):
-            step()
-    seconds = {key: [] for key in timed}
-    for round_ in range(args.repeats):
-        for key, step in timed.items():
-            start = time.perf_counter()
-            step()
-            seconds[key].append(time.perf_counter() - start)
-        print(f"round {round_ + 1}/{args.repeats}: " + ", ".join(f"{k} {s[-1]:.3f} s" for k, s in seconds.items()), flush=True)
+    seconds = interleaved_rounds(timed, args.repeats, bench.BENCHMARK_WARMUP)
     mm_rates = [2 * MM_SIZE**3 / s / 1e9 for s in seconds["mm"]]
     for name in MODELS:
         for kind in ("train", "inference"):
@@ -303,15 +310,7 @@ def measure_predictions(args):
     windows = len(data.sliding_windows(args.area, args.area, window, overlap))
     megapixels = args.area**2 / 1e6
     figures = {name: dict(gflop_per_mpx=count(timed[name]) / 1e9 / megapixels) for name in models}
-    for step in timed.values():
-        step()
-    seconds = {key: [] for key in timed}
-    for round_ in range(args.repeats):
-        for key, step in timed.items():
-            start = time.perf_counter()
-            step()
-            seconds[key].append(time.perf_counter() - start)
-        print(f"round {round_ + 1}/{args.repeats}: " + ", ".join(f"{k} {s[-1]:.3f} s" for k, s in seconds.items()), flush=True)
+    seconds = interleaved_rounds(timed, args.repeats, warmup=1)
     mm_rates = [2 * MM_SIZE**3 / s / 1e9 for s in seconds["mm"]]
     mm = dict(gflop_s_median=float(np.median(mm_rates)), gflop_s_min=min(mm_rates), gflop_s_max=max(mm_rates))
     for name, f in figures.items():
