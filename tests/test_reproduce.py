@@ -155,6 +155,23 @@ def test_synthetic_reproduction_scores_fresh_test_tiles_and_retrains_what_is_gon
     assert json.loads((run / "test.json").read_text())["test_set"] == result["test_set"]
     assert (run / "metrics.csv").read_text() == metrics
     assert len((gone / "metrics.csv").read_text().splitlines()) == 2  # header and one epoch: the old rows went
+    # Scored before test.json kept the channel sums of Z: scored again where the checkpoints are, with its
+    # sums and the same scores; without checkpoints it stays as it is (claim 2 leaves it out).
+    scored = json.loads((run / "test.json").read_text())
+    assert reproduce.has_channel_sums(scored)
+    without_sums = {**scored, "per_tile": {t: {k: v for k, v in tile.items() if k != "z_channels"}
+                                           for t, tile in scored["per_tile"].items()}}
+    for seed_run in (run, gone):
+        (seed_run / "test.json").write_text(json.dumps(without_sums))
+    for name in ("best.pt", "last.pt"):
+        (gone / name).unlink()
+    capsys.readouterr()
+    reproduce.main([str(out), "--variants", "hf", "--seeds", "2", *TOY])
+    printed = capsys.readouterr().out
+    assert printed.count("trained and scored already") == 1 and "epoch 1/1 " not in printed  # nothing trained
+    rescored = json.loads((run / "test.json").read_text())
+    assert reproduce.has_channel_sums(rescored) and rescored["scores"] == scored["scores"]
+    assert not reproduce.has_channel_sums(json.loads((gone / "test.json").read_text()))
 
 
 def test_a_calibration_run_trains_only_the_variants_asked_for(tmp_path, capsys):
