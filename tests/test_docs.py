@@ -610,3 +610,8 @@ def test_bench_offers_no_flag_it_does_not_read():
     assert not unread & set(parser_of("bench.py")._option_string_actions)
     assert {"--batch-size", "--patch", "--width", "--ablation", "--amp", "--inference", "--repeats"} <= \
         set(parser_of("bench.py")._option_string_actions)
+
+
+def test_the_readme_stays_a_front_page():
+    """Under 200 lines: the manual is docs/ (issue 38)."""
+    assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) < 200
