@@ -26,8 +26,8 @@ from torch.utils import flop_counter
 import data
 from dis2 import SCENARIOS
 from evaluate import evaluate_tiles
-from runtime import (PRECISIONS, autocast_dtype, check_patch, native_bf16, precision, prepared, resolve_device,
-                     use_channels_last)
+from runtime import (PRECISIONS, autocast_dtype, check_patch, default_overlap, native_bf16, precision, prepared,
+                     resolve_device, use_channels_last)
 from train import (
     NonFiniteLoss,
     build_model,
@@ -154,7 +154,7 @@ def inference_benchmark(args, device, amp_dtype):
     flops = count_flops(lambda: step(net))  # net, not model: a compiled graph hides its operations from the counter
     result = measure(step, B, device, BENCHMARK_WARMUP, args.repeats)
     # predict.py's windows overlap by a quarter window, so a large area has (4/3)^2 windows per pixel
-    windows_per_pixel = (p / (p - p // 4)) ** 2
+    windows_per_pixel = (p / (p - default_overlap(p))) ** 2
     prediction = dict(prediction_mpx_s=result["images_per_s"] * p * p / windows_per_pixel / 1e6,
                       gflop_per_predicted_mpx=flops / (B * p * p) * windows_per_pixel * 1e6 / 1e9)
     print(f"prediction of a large area at the default overlap ({windows_per_pixel:.2f} windows per pixel), windows "

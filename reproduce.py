@@ -31,7 +31,8 @@ import train
 from data import DataError
 from dis2 import SCENARIOS
 from evaluate import COLUMN_NAMES, DISTANCE_PAIRS, ROW_NAMES, SCORED, SHORT_NAMES, distances_by_name, evaluate_tiles
-from runtime import autocast_dtype, load_checkpoint, model_from_checkpoint, precision, resolve_device, use_channels_last, writable_dir
+from runtime import (autocast_dtype, default_overlap, load_checkpoint, model_from_checkpoint, precision, resolve_device,
+                     use_channels_last, writable_dir)
 
 # Defaults of the flags that set the budget of every run: within 4 hours for all runs on 2 CPU cores, or,
 # with --full, the paper's sizes on a GPU.
@@ -238,8 +239,9 @@ def reproduce_run(args, variant, seed, out, data_dir, sets, device, amp_dtype):
     model = model_from_checkpoint(load_checkpoint(run / "best.pt"), device, channels_last=args.channels_last)
     # Colour maps of HF's and DIS2's runs feed Figure 3.
     save_dir = writable_dir(run / "predictions", "DIR") if variant in ("hf", "dis2") else None
-    score = lambda tiles, **kw: evaluate_tiles(model, tiles, list(SCENARIOS), args.patch, args.patch // 4, args.batch_size,
-                                               device, amp_dtype, channels_last=args.channels_last, **kw)
+    score = lambda tiles, **kw: evaluate_tiles(model, tiles, list(SCENARIOS), args.patch, default_overlap(args.patch),
+                                               args.batch_size, device, amp_dtype, channels_last=args.channels_last,
+                                               **kw)
     scores, distances, per_tile = score(test_tiles, feature_distance=True, save_dir=save_dir)
     if "calibration" in sets:
         name, tiles = sets["calibration"]

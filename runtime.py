@@ -176,10 +176,15 @@ def check_patch(patch):
     return patch
 
 
+def default_overlap(window):
+    """Adjacent windows overlap by a quarter window unless --overlap says otherwise."""
+    return window // 4
+
+
 def windows_of(args, checkpoint):
     """The sliding window (--patch, default the training patch) and its overlap (--overlap, default a quarter)."""
     window = check_patch(args.patch or checkpoint["train_args"]["patch"])
-    overlap = args.overlap if args.overlap is not None else window // 4
+    overlap = args.overlap if args.overlap is not None else default_overlap(window)
     if not 0 <= overlap < window:
         raise DataError(f"--overlap {overlap}: must be at least 0 and smaller than the window ({window})")
     return window, overlap

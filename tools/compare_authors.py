@@ -296,7 +296,7 @@ def measure_predictions(args):
     rng = np.random.default_rng(0)
     rgir = rng.integers(0, 256, (args.area, args.area, 3), np.uint8)
     ndsm = rng.integers(0, 256, (args.area, args.area), np.uint8)
-    window, overlap = args.patch, args.patch // 4
+    window, overlap = args.patch, runtime.default_overlap(args.patch)
     DLKD_ver4, _ = import_authors(args.authors_code)
     torch.manual_seed(0)
     authors = DLKD_ver4(num_classes=6, image_size=(window, window)).eval()
@@ -322,7 +322,7 @@ def measure_predictions(args):
 
 def prediction_markdown(figures, mm, area, args):
     """The table of docs/predict.md's Throughput: each model's prediction of the area, then the ratio."""
-    lines = [f"{args.area}x{args.area} area, {args.patch} px windows overlapping by {args.patch // 4} "
+    lines = [f"{args.area}x{args.area} area, {args.patch} px windows overlapping by {runtime.default_overlap(args.patch)} "
              f"({area['windows']} windows, {area['windows_per_pixel']:.2f} per pixel), batch {args.batch_size}, CPU, "
              f"{torch.get_num_threads()} threads, fp32, torch {torch.__version__}; median [min, max] of {args.repeats} "
              f"rounds; fp32 matrix product ({MM_SIZE}x{MM_SIZE}): {mm['gflop_s_median']:.0f} GFLOP/s "

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
 import evaluate  # noqa: E402
 import predict  # noqa: E402
-from runtime import check_isprs_classes, load_checkpoint, model_from_checkpoint  # noqa: E402
+from runtime import check_isprs_classes, default_overlap, load_checkpoint, model_from_checkpoint  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -55,7 +55,7 @@ def mean_filled(x, valid):
 
 
 def labels(model, rgir, ndsm, window, rgir_valid=None, ndsm_valid=None):
-    strips = predict.predict_strips(model, rgir, ndsm, window, window // 4, 4, CPU, None,
+    strips = predict.predict_strips(model, rgir, ndsm, window, default_overlap(window), 4, CPU, None,
                                     rgir_valid=rgir_valid, ndsm_valid=ndsm_valid)
     return np.concatenate([strip["labels"] for strip in strips])
 
