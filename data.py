@@ -60,8 +60,13 @@ def exit_on_user_error(main):
     try:
         main()
     except DataError as error:
-        print("error: " + " ".join(str(error).splitlines()), file=sys.stderr)
+        print("error: " + one_line(error), file=sys.stderr)
         sys.exit(2)
+
+
+def one_line(error):
+    """A user error's message on one line, as every command prints it."""
+    return " ".join(str(error).splitlines())
 
 
 @dataclass

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 import data
 import raster
-from data import DataError
+from data import DataError, one_line
 from dis2 import SCENARIOS, upsample
 from distributed import leave_distributed, setup_distributed
 from runtime import add_inference_flags, inference_setup, model_from_checkpoint, use_channels_last, writable_dir
@@ -448,7 +448,7 @@ def checked(args, checkpoint, device, rank, world):
 
 def failure(error):
     """A failed area's reason, said at once in one line (on stderr, as a user error), and returned."""
-    reason = " ".join(str(error).splitlines())
+    reason = one_line(error)
     tqdm.write(f"error: {reason}", file=sys.stderr)
     return reason
 
@@ -467,7 +467,7 @@ def agreed(check, device, rank, world):
         dist.all_reduce(first, op=dist.ReduceOp.MIN)
         if first.item() < world:
             if first.item() == rank:
-                print("error: " + " ".join(str(error).splitlines()), file=sys.stderr, flush=True)
+                print("error: " + one_line(error), file=sys.stderr, flush=True)
             leave_distributed()
             raise SystemExit(2)
     if error:
