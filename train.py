@@ -306,10 +306,7 @@ def main(argv=None):
     args.channels_last = use_channels_last(device, args.channels_last)
     amp_dtype = autocast_dtype(device, args.amp)
     if device.type == "cuda":
-        # Fixed patch sizes: cuDNN may pick its fastest convolutions once; with --amp off, matrix
-        # products in TF32 as convolutions already are.
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
+        set_cuda_backends(amp_dtype)
     if world == 1:
         return train(args, checkpoint, device, amp_dtype, rank, world)
     try:
@@ -319,6 +316,16 @@ def main(argv=None):
         raise
     leave_distributed()
     return finished
+
+
+def set_cuda_backends(amp_dtype):
+    """Fixed patch sizes: cuDNN may pick its fastest convolutions once. Under mixed precision the
+    products left in fp32 may use TF32; under --amp off every product is strict fp32, as its help
+    says (cuDNN would otherwise run fp32 convolutions in TF32 by default)."""
+    torch.backends.cudnn.benchmark = True
+    tf32 = amp_dtype is not None
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def train(args, checkpoint, device, amp_dtype, rank, world):

@@ -19,3 +19,19 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     synth.synthesize(root, dataset="vaihingen", tiles=3, size=64, seed=1)
     return root
+
+
+# The torch.cuda functions the suite stubs (a CPU machine pretending to have a GPU). Taken once,
+# at import: a stub left behind by one test must fail that test, not every later one that asks CUDA.
+STUBBED_CUDA = ("is_available", "get_device_capability", "is_bf16_supported", "get_rng_state",
+                "set_rng_state", "set_rng_state_all", "current_device", "device_count", "set_device")
+REAL_CUDA = {name: getattr(torch.cuda, name) for name in STUBBED_CUDA}
+
+
+@pytest.fixture(autouse=True)
+def no_cuda_stub_left_behind():
+    yield
+    left = [name for name, real in REAL_CUDA.items() if getattr(torch.cuda, name) is not real]
+    for name in left:
+        setattr(torch.cuda, name, REAL_CUDA[name])
+    assert not left, f"this test left torch.cuda.{', torch.cuda.'.join(left)} stubbed (restored now)"

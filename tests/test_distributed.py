@@ -131,8 +131,7 @@ def test_train_sets_the_processs_gpu_before_asking_cuda_anything(monkeypatch):
     monkeypatch.setattr(train, "setup_distributed", lambda device: calls.append("set_device") or (torch.device("cuda", 1), 1, 2))
     monkeypatch.setattr(train, "train", lambda *args: calls.append("train") or True)
     monkeypatch.setattr(train, "leave_distributed", lambda: None)
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored after the test
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)
+    monkeypatch.setattr(train, "set_cuda_backends", lambda amp_dtype: None)  # torch's backend flags are not monkeypatchable
     train.main(["--data", "unused", "--device", "cuda"])
     assert calls[0] == "set_device" and calls[-1] == "train" and set(calls[1:-1]) == {"capability"}
 
@@ -196,3 +195,16 @@ def test_resuming_with_another_number_of_processes_is_refused(dataset, tmp_path,
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "trained by 1 process, resumed by 2" in err
+
+
+@pytest.mark.parametrize("amp_dtype, tf32", [(None, False), (torch.bfloat16, True), (torch.float16, True)])
+def test_amp_off_is_strict_fp32_and_mixed_precision_allows_tf32(amp_dtype, tf32):
+    """--amp off promises fp32: neither matrix products nor cuDNN's convolutions in TF32."""
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not tf32
+        train.set_cuda_backends(amp_dtype)
+        assert torch.backends.cudnn.benchmark
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
