@@ -249,7 +249,7 @@ def parse_args(argv=None):
     p.add_argument("--dataset", choices=data.DATASETS,
                    help="for a --data folder that holds both (default: detected in --data; without --data, "
                         "the checkpoint's)")
-    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="the tiles scored (default %(default)s)")
     p.add_argument("--missing", choices=("none", "rgir", "ndsm", "all"), default="all",
                    help="the scenario: none = full modality, rgir = RGIR missing (NDSM only), ndsm = NDSM missing, all = the three")
     p.add_argument("--eroded", action="store_true", help="score against the eroded labels (*_noBoundary.tif), the ISPRS convention")

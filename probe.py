@@ -186,7 +186,7 @@ def _print_stats(root, dataset):
 def main(argv=None):
     parser = ArgumentParser(description="Class shares per split and what each modality tells about each class "
                                         "(a per-pixel probe, NDSM thresholds) for the ISPRS data in DIR.")
-    parser.add_argument("data_dir", type=Path, metavar="DIR")
+    parser.add_argument("data_dir", type=Path, metavar="DIR", help="an ISPRS data directory, as for train.py --data")
     parser.add_argument("--dataset", choices=DATASETS, help="default: detected from the file names")
     parser.add_argument("--pixels", type=positive_int, default=50_000, help="training pixels of the probe (default 50000)")
     parser.add_argument("--seed", type=int, default=0, help="of the training pixels and the initial weights")

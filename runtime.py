@@ -65,6 +65,7 @@ def autocast_dtype(device, amp):
 
 AMP_HELP = ("mixed precision: bf16, fp16 (with a gradient scaler in training) or off (fp32); "
             "default: bf16 on CUDA where the GPU computes it natively (Ampere or newer), else fp16; off on CPU")
+DEVICE_HELP = "where to run: auto = the GPU when CUDA has one, else the CPU (default %(default)s)"
 CHANNELS_LAST_HELP = "channels-last (NHWC) memory for the model and its inputs (default: on with CUDA, off on CPU)"
 
 
@@ -120,10 +121,10 @@ def load_checkpoint(path, flag="--checkpoint"):
 def add_inference_flags(p):
     """The flags evaluate.py and predict.py share: the checkpoint, the device and precision, and the sliding windows."""
     p.add_argument("--checkpoint", help="checkpoint file (default: best.pt of the most recent run under runs/)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=DEVICE_HELP)
     p.add_argument("--amp", choices=tuple(PRECISIONS), help=AMP_HELP)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help=CHANNELS_LAST_HELP)
-    p.add_argument("--batch-size", type=positive_int, default=4, help="windows per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="windows per forward pass (default %(default)s)")
     p.add_argument("--patch", type=positive_int, help="side of the sliding windows, a multiple of 16 (default: the training patch)")
     p.add_argument("--overlap", type=int, help="overlap of adjacent windows in pixels (default: a quarter window)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")

@@ -535,11 +535,11 @@ def synthesize(out_dir, dataset="vaihingen", tiles=6, size=1024, seed=0) -> None
 
 def main(argv=None):
     parser = ArgumentParser(description="Write synthetic tiles in the ISPRS Vaihingen or Potsdam layout into DIR.")
-    parser.add_argument("out_dir", type=Path, metavar="DIR")
-    parser.add_argument("--dataset", choices=DATASETS, default="vaihingen")
+    parser.add_argument("out_dir", type=Path, metavar="DIR", help="where the tiles go, in the ISPRS layout")
+    parser.add_argument("--dataset", choices=DATASETS, default="vaihingen", help="whose file names, bands and pixel size (default %(default)s)")
     parser.add_argument("--tiles", type=positive_int, default=6, help="number of tiles (train, val, test in turn)")
     parser.add_argument("--size", type=positive_int, default=1024, help="tile width (Vaihingen: 1-1.5x as high)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the scenes: the same seed writes the same files (default %(default)s)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     synthesize(args.out_dir, args.dataset, args.tiles, args.size, args.seed)

@@ -46,6 +46,7 @@ from shaspec import SHASPEC_TERMS, SHASPEC_VARIANTS, ShaSpec, ShaSpecConfig, sha
 from runtime import (
     AMP_HELP,
     CHANNELS_LAST_HELP,
+    DEVICE_HELP,
     CHECKPOINT_FORMAT,
     PRECISIONS,
     autocast_dtype,
@@ -113,10 +114,11 @@ def training_parser(description="Train DIS2 on ISPRS Vaihingen or Potsdam.", bud
     p.add_argument("--out", help="run directory (default: runs/<dataset>-<date-time>)")
     p.add_argument("--resume", nargs="?", const="latest", metavar="PATH",
                    help="continue a run: its directory or checkpoint (default: the latest run under runs/)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=DEVICE_HELP)
     p.add_argument("--amp", choices=tuple(PRECISIONS), help=AMP_HELP)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help=CHANNELS_LAST_HELP)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights, the patches and the missing-modality draws (default %(default)s)")
     p.add_argument("--workers", type=int, help="data loader processes (default: 4 with CUDA, 0 on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     return p

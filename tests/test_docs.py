@@ -401,7 +401,13 @@ def stated_default(action):
     the one its help states; known is False where the help states one in words only."""
     if action.default is not None and action.default is not argparse.SUPPRESS:
         return True, action.default
-    said = re.search(r"\(default:? ([^);]*)", action.help or "")
+    return said_default(action.help)
+
+
+def said_default(help_text):
+    """(known, value): the default a --help text states, "(default X)" or "(default: X)"; None where
+    it states none; known is False where it states one in words only."""
+    said = re.search(r"\(default:? ([^);]*)", help_text or "")
     if said is None:
         return True, None
     value = literal(said.group(1), bare=True)
@@ -602,17 +608,39 @@ FILLED_DEFAULTS = {"train.py": lambda: train.fill_budget(train.parse_args([])),
                    "reproduce.py": lambda: reproduce.parse_args(["DIR"])}
 
 
-@pytest.mark.parametrize("script", FILLED_DEFAULTS)
-def test_help_states_the_defaults_the_command_uses(script):
-    """A default that --help states in its text (the parser leaves the flag None and the command
-    fills it in) is the value the command takes."""
-    values, wrong = vars(FILLED_DEFAULTS[script]()), []
-    for action in parser_of(script)._actions:
-        known, stated = stated_default(action)
+def help_default_problems(parser, values, script):
+    """Each flag whose --help text, as --help prints it (%(default)s filled in), states a default
+    other than the value the command takes when the flag is left out."""
+    wrong, formatter = [], parser._get_formatter()
+    for action in parser._actions:
+        if not action.option_strings or not action.help or action.help is argparse.SUPPRESS:
+            continue
+        known, stated = said_default(formatter._expand_help(action))
         value = values.get(action.dest)
         if known and stated is not None and value is not None and not same_value(stated, value):
             wrong.append(f"{action.option_strings[0]}: --help says {stated}, {script} takes {value}")
-    assert not wrong, wrong
+    return wrong
+
+
+@pytest.mark.parametrize("script", FILLED_DEFAULTS)
+def test_help_states_the_defaults_the_command_uses(script):
+    """A default that --help states in its text is the value the command takes: read from the help
+    text, whether the parser holds the default or the command fills it in later."""
+    parser = parser_of(script)
+    stated = [a for a in parser._actions if a.help and said_default(parser._get_formatter()._expand_help(a))[1] is not None]
+    assert stated, f"{script}: no --help text states a default"
+    assert not help_default_problems(parser, vars(FILLED_DEFAULTS[script]()), script)
+
+
+def test_the_help_default_check_finds_a_wrong_default():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--overlap", type=int, default=128, help="pixels shared by windows (default 64)")
+    parser.add_argument("--window", type=int, default=512, help="window side (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, help="windows per batch (default 8)")
+    parser.add_argument("--amp", help="precision (default: bf16 on CUDA, else off)")
+    values = dict(overlap=128, window=512, batch_size=16, amp="off")
+    assert help_default_problems(parser, values, "made-up.py") == [
+        "--overlap: --help says 64, made-up.py takes 128", "--batch-size: --help says 8, made-up.py takes 16"]
 
 
 def test_bench_offers_no_flag_it_does_not_read():
@@ -626,3 +654,11 @@ def test_bench_offers_no_flag_it_does_not_read():
 def test_the_readme_stays_a_front_page():
     """Under 200 lines: the manual is docs/ (issue 38)."""
     assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) < 200
+
+
+@pytest.mark.parametrize("script", [s for s in SCRIPT_FILES if parser_of(s) is not None])
+def test_every_flag_has_help(script):
+    """--help says what each flag and argument is for, none left with its name alone."""
+    silent = [action.option_strings[0] if action.option_strings else action.dest
+              for action in parser_of(script)._actions if not action.help]
+    assert not silent, f"{script}: no help for {', '.join(silent)}"

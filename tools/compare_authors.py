@@ -57,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--authors-code", required=True, metavar="DIR",
                    help="a checkout of the authors' repository (the folder holding models_bank/ and run_experiment_35.py)")
     p.add_argument("--patch", type=data.positive_int, default=256, help="side of the square inputs (a multiple of 16)")
-    p.add_argument("--batch-size", type=data.positive_int, default=2)
+    p.add_argument("--batch-size", type=data.positive_int, default=2, help="inputs per step (default %(default)s)")
     p.add_argument("--repeats", type=data.positive_int, default=5, help="timed rounds")
     p.add_argument("--threads", type=data.positive_int,
                    help="CPU threads (default: torch's, one per core); 1 is steadier on a machine shared with other "

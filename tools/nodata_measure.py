@@ -63,10 +63,10 @@ def labels(model, rgir, ndsm, window, rgir_valid=None, ndsm_valid=None):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="a dataset folder (e.g. the quick start's data/quickstart)")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py")
     p.add_argument("--holes", type=float, default=0.3, help="share of each tile's NDSM without data")
     p.add_argument("--collar", type=float, default=0.25, help="share of each tile's orthophoto without data")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the nodata holes (default %(default)s)")
     args = p.parse_args()
     checkpoint = check_isprs_classes(load_checkpoint(args.checkpoint), args.checkpoint)
     model = model_from_checkpoint(checkpoint, CPU)
