@@ -302,6 +302,9 @@ def main(argv=None):
             report["feature_distance"] = distances_by_name(distances)
         report["per_tile"] = per_tile
         Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}: the scores, per scenario and per tile")
+    if save_dir is not None:
+        print(f"wrote {len(tiles) * len(scenarios)} colour maps to {save_dir}/ (TILE_SCENARIO.png, one per tile and scenario)")
 
 
 if __name__ == "__main__":

@@ -163,3 +163,5 @@ def test_probe_command_prints_one_row_per_input(tmp_path, capsys):
     rows = [line for line in lines if line.split("  ")[0] in probe.PROBE_INPUTS]
     assert len(rows) == 3 and all(len(row.split()) >= 6 for row in rows)
     assert any("balanced accuracy" in line for line in lines)
+    notices = [line for line in lines if "tiles not found" in line]  # 3 tiles: most of each split's are absent
+    assert notices and len(notices) == len(set(notices)), notices  # each said once, not once per reading

@@ -71,6 +71,8 @@ def test_evaluate_writes_the_json_table_and_colour_maps(trained_run, dataset, tm
     printed = capsys.readouterr().out
     for row in ("Full Modality", "Missing RGIR - Only NDSM", "Missing NDSM - Only RGIR", "mF1", "mIoU", "OA"):
         assert row in printed
+    written = sorted(maps.iterdir())
+    assert f"wrote {report_path}:" in printed and f"wrote {len(written)} colour maps to {maps}/" in printed
     report = json.loads(report_path.read_text())
     assert report["checkpoint"] == str(trained_run / "best.pt")
     assert report["split"] == "test" and report["eroded"] is True
