@@ -177,13 +177,18 @@ def _no_label(root: Path, dataset: str, name: str, image: Path) -> DataError:
     )
 
 
+def _label_as_image(image: Path) -> DataError:
+    return DataError(f"{image}: holds only label colours, a label, not an orthophoto; move it into a folder "
+                     "named labels/ (or gts/, ground_truth/) and put the orthophoto in top/")
+
+
 def _read_tile(root: Path, index: dict, dataset: str, name: str) -> tuple[Tile, bool]:
     """One tile, checked; the flag says whether its NDSM had to be derived from the DSM. Without a full
     label the eroded one is the label (Tile.labels says so)."""
     rgbir = name not in index["image"]
     image = root / (index["rgbir"] if rgbir else index["image"])[name]
     if name not in index["label"] and name not in index["eroded"]:
-        raise _no_label(root, dataset, name, image)
+        raise _label_as_image(image) if isprs.is_label_file(image) else _no_label(root, dataset, name, image)
     if name not in index["ndsm"] and name not in index["dsm"]:
         raise DataError(
             f"{image}: no NDSM found (expected e.g. {file_name(dataset, 'ndsm', name)} in a folder or with a "
@@ -191,8 +196,7 @@ def _read_tile(root: Path, index: dict, dataset: str, name: str) -> tuple[Tile, 
         )
     rgir = _read_rgir(image, rgbir)
     if isprs.looks_like_label(rgir.pixels):
-        raise DataError(f"{image}: holds only label colours, a label, not an orthophoto; move it into a "
-                        "folder named labels/ (or gts/, ground_truth/) and put the orthophoto in top/")
+        raise _label_as_image(image)
     from_dsm = name not in index["ndsm"]
     ndsm_path = root / (index["dsm"] if from_dsm else index["ndsm"])[name]
     ndsm = _read_dsm(ndsm_path) if from_dsm else _read_ndsm(ndsm_path)

@@ -182,7 +182,7 @@ def _folder_says(relative: Path) -> str | None:
 _CONTENT = {}  # (path, size, mtime) -> whether it is a label; a file is read for it once per process
 
 
-def _is_label_file(path: Path) -> bool:
+def is_label_file(path: Path) -> bool:
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _CONTENT:
@@ -192,7 +192,7 @@ def _is_label_file(path: Path) -> bool:
 
 def _top_kind(root: Path, relative: Path) -> str:
     """A top_mosaic_09cm_area{N}.tif: "image" or "label", by its folder, else by its content."""
-    return _folder_says(relative) or ("label" if _is_label_file(root / relative) else "image")
+    return _folder_says(relative) or ("label" if is_label_file(root / relative) else "image")
 
 
 def _same_content(first: Path, second: Path) -> bool:
