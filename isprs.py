@@ -91,6 +91,8 @@ def looks_like_label(pixels: np.ndarray) -> bool:
     not all black. An orthophoto never is (a blank, all-black one is not taken for a label)."""
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         return False
+    if _off_palette(pixels[::61, ::59]).any():  # a sparse grid settles it for an orthophoto, at once
+        return False
     return not _off_palette(pixels).any() and bool(pixels.any())
 
 
