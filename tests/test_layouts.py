@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 import data
 import evaluate
 import probe
 import train
-from layouts import TILES, encoded, expected_ndsm, write
+from layouts import TILES, colours, encoded, expected_ndsm, write
 
 ROOT = Path(__file__).resolve().parents[1]
 VAIHINGEN_ALL = ("image", "label", "eroded", "ndsm")
@@ -186,3 +187,18 @@ def test_eroded_only_zips_train_and_evaluate_with_eroded(tmp_path, capsys):
     assert exit_.value.code == 2 and error.count("\n") == 1 and "add --eroded" in error
     evaluate.main(["--checkpoint", str(out / "best.pt"), "--eroded", "--missing", "none"])
     assert "test split, 1 tiles, eroded labels" in capsys.readouterr().out
+
+
+def test_complete_labels_are_used_over_the_participants_where_they_differ(tmp_path):
+    """gts_for_participants/ (the benchmark's first release) beside the COMPLETE archive and a copy of it
+    saved otherwise: the complete label."""
+    written = write(tmp_path, "vaihingen", VAIHINGEN_ALL, "folders")
+    participants = tmp_path / "ISPRS_semantic_labeling_Vaihingen/gts_for_participants/top_mosaic_09cm_area1.tif"
+    other = written["area1"]["label"].copy()
+    other[:4] = (other[:4] + 1) % 6
+    participants.write_bytes(encoded("label", {"label": other}))
+    again = tmp_path / "labels_again/top_mosaic_09cm_area1.tif"  # the same pixels, not compressed: one file
+    again.parent.mkdir()
+    tifffile.imwrite(again, colours(written["area1"]["label"]), photometric="rgb")
+    (tile,) = data.load_split(tmp_path, "train")
+    np.testing.assert_array_equal(tile.label, written["area1"]["label"])
