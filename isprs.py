@@ -262,11 +262,11 @@ def _extract(archive: Path, destination: Path):
 
 def _process_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # it exists, another user's
+        pass
     return True
 
 
@@ -279,7 +279,8 @@ def _unpack(archive: Path, target: Path):
     partial = target.parent / f".{target.name}.{os.getpid()}{_PARTIAL}"
     with zipfile.ZipFile(archive) as opened:
         size = sum(member.file_size for member in opened.infolist())
-    print(f"notice: unpacking {archive} ({size / 1e9:.2f} GB) into {target}, once: later runs read it there")
+    shown = f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+    print(f"notice: unpacking {archive} ({shown}) into {target}, once: later runs read it there")
     try:
         _extract(archive, partial)
         os.rename(partial, target)
