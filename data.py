@@ -3,16 +3,18 @@
 Both datasets have two modalities per tile: an IRRG orthophoto ("RGIR", bands IR, R, G) and a
 normalised height model (NDSM, height above ground), plus a label image in the ISPRS colour palette.
 
-Layout. `--data DIR` is the folder where the ISPRS archives were unpacked, as they are. Files are
-found by their ISPRS names anywhere below it (`_classify` holds the rules):
-  Vaihingen  top_mosaic_09cm_area{N}.tif              IRRG (any folder but a ground-truth one)
-             top_mosaic_09cm_area{N}.tif              label, in a folder whose name contains "gts" or "ground_truth"
-             top_mosaic_09cm_area{N}_noBoundary.tif   eroded label (optional)
-             *area{N}*.jpg|tif|png                    NDSM, if its name or folder has "ndsm" or "normali[sz]ed"
-             dsm_09cm_matching_area{N}.tif            DSM, used only when no NDSM exists (see `_ndsm_from_dsm`)
+Layout. `--data DIR` is the folder holding the ISPRS archives, as downloaded or unpacked in any of the
+common ways; isprs.py finds each file by what it is (its name, else its folder, else its content) and unpacks
+archives once. A tile's files:
+  Vaihingen  top_mosaic_09cm_area{N}.tif              IRRG orthophoto; the same name in a labels folder, or
+                                                      with palette colours only, the label
+             top_mosaic_09cm_area{N}_noBoundary.tif   eroded label
+             ndsm_09cm_matching_area{N}.bmp, ...      NDSM (Gerke's, heights in decimetres), else from the
+             dsm_09cm_matching_area{N}.tif            DSM (see `_ndsm_from_dsm`)
   Potsdam    top_potsdam_{X}_{Y}_IRRG.tif             IRRG (or _RGBIR.tif: R, G, B, IR, of which IR, R, G are kept)
              dsm_potsdam_{XX}_{YY}_normalized_lastools.jpg   NDSM (DSM fallback: dsm_potsdam_{XX}_{YY}.tif)
-             top_potsdam_{X}_{Y}_label.tif            label;  ..._label_noBoundary.tif  eroded label (optional)
+             top_potsdam_{X}_{Y}_label.tif            label;  ..._label_noBoundary.tif  eroded label
+Without full labels the eroded ones stand in (their boundary pixels ignored), with a notice.
 
 The files themselves (codecs, band metadata and alpha, bit depths, nodata, georeferencing) are read by
 raster.py; where one has no data, the Tile holds 0 there and a validity mask (Tile.rgir_valid, ndsm_valid).
@@ -28,10 +30,7 @@ without the real data; probe.py describes any such folder.
 
 
 import argparse
-import os
-import re
 import sys
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,18 +39,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import isprs
 import raster
+# The palette and the ISPRS names are isprs.py's; the commands take them from here
+from isprs import CLASSES, DATASETS, IGNORE_INDEX, PALETTE, file_name, labels_to_rgb, rgb_to_labels  # noqa: F401
 # Defined in raster.py, the first to use them (DataError, the NDSM's uint8 scale); the commands take them from here
 from raster import NDSM_LEVELS_PER_METRE, DataError, metres_to_uint8
 
-# ---- Classes and palette --------------------------------------------------------------------
-
-CLASSES = ("impervious_surface", "building", "low_vegetation", "tree", "car", "clutter")
-PALETTE = np.array(
-    [[255, 255, 255], [0, 0, 255], [0, 255, 255], [0, 255, 0], [255, 255, 0], [255, 0, 0]], np.uint8
-)  # index = class id; black (0, 0, 0) marks the boundary pixels of the eroded labels
-IGNORE_INDEX = 255
-DATASETS = ("vaihingen", "potsdam")
 SPLITS = ("train", "val", "test")
 
 
@@ -82,156 +76,15 @@ class Tile:
     # there; None where it has data everywhere, as the ISPRS tiles do. Training and evaluation ignore them.
     rgir_valid: np.ndarray | None = None
     ndsm_valid: np.ndarray | None = None  # after the DSM fallback, where the DSM has data
+    labels: str = "full"  # "eroded" where only the eroded label was found: then `label` is it too
 
 
-# ---- Labels: palette colours <-> class ids --------------------------------------------------
-
-# Every palette channel is exactly 0 or 255, so one bit per channel identifies a colour; looking up
-# those three bits converts a 6000 x 6000 label in a fraction of a second.
-_OFF_PALETTE = 254
-
-
-def _colour_bits(rgb):
-    return (rgb[..., 0] & 4) | (rgb[..., 1] & 2) | (rgb[..., 2] & 1)
-
-
-_ID_OF_BITS = np.full(8, _OFF_PALETTE, np.uint8)
-_ID_OF_BITS[_colour_bits(PALETTE)] = np.arange(len(PALETTE))
-_ID_OF_BITS[0] = IGNORE_INDEX  # black
-_RGB_OF_ID = np.zeros((256, 3), np.uint8)
-_RGB_OF_ID[: len(PALETTE)] = PALETTE
-
-
-def rgb_to_labels(rgb: np.ndarray, path="") -> np.ndarray:
-    """(H, W, 3) uint8 palette colours -> (H, W) uint8 class ids; black -> IGNORE_INDEX."""
-    where = path or "label image"
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise DataError(f"{where}: expected a 3-band uint8 colour label, got shape {rgb.shape} of {rgb.dtype}")
-    labels = _ID_OF_BITS[_colour_bits(rgb)]
-    # uint8 wrap-around: v + 1 is 1 for 0 and 0 for 255, > 1 for every other value
-    red, green, blue = (rgb[..., channel] + np.uint8(1) > 1 for channel in range(3))
-    off_palette = (labels == _OFF_PALETTE) | red | green | blue
-    if off_palette.any():
-        codes = rgb[off_palette].astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], np.uint32)
-        values, counts = np.unique(codes, return_counts=True)
-        top = int(values[counts.argmax()])
-        colour = (top >> 16, (top >> 8) & 255, top & 255)
-        raise DataError(
-            f"{where}: {int(off_palette.sum())} pixels have colours outside the ISPRS palette, most often "
-            f"RGB {colour} ({int(counts.max())} pixels); labels must use only the six class colours and black"
-        )
-    return labels
-
-
-def labels_to_rgb(labels: np.ndarray) -> np.ndarray:
-    """(H, W) class ids -> (H, W, 3) uint8 palette colours; IGNORE_INDEX (and any id > 5) -> black."""
-    return _RGB_OF_ID[labels]
-
-
-# ---- Finding and reading files --------------------------------------------------------------
-
-_GROUND_TRUTH_FOLDER = re.compile(r"gts|ground.?truth", re.IGNORECASE)
-_NDSM_HINT = re.compile(r"ndsm|normali[sz]ed", re.IGNORECASE)
-
-# (kind, pattern of the file name); the first match wins, so specific names come before general ones
-_PATTERNS = {
-    "vaihingen": (
-        ("image", r"top_mosaic_09cm_area(\d+)\.tif"),  # a label instead when inside a ground-truth folder
-        ("eroded", r"top_mosaic_09cm_area(\d+)_noBoundary\.tif"),
-        ("dsm", r"dsm_09cm_matching_area(\d+)\.tif"),
-        ("ndsm", r".*(?<![a-z])area(\d+)(?!\d).*\.(?:jpe?g|tiff?|png)"),  # "area1" is not "area11"
-    ),
-    "potsdam": (
-        ("image", r"top_potsdam_(\d+)_(\d+)_IRRG\.tif"),
-        ("rgbir", r"top_potsdam_(\d+)_(\d+)_RGBIR\.tif"),
-        ("label", r"top_potsdam_(\d+)_(\d+)_label\.tif"),
-        ("eroded", r"top_potsdam_(\d+)_(\d+)_label_noBoundary\.tif"),
-        ("dsm", r"dsm_potsdam_(\d+)_(\d+)\.tif"),
-        ("ndsm", r"dsm_potsdam_(\d+)_(\d+)_normali[sz]ed(?:_lastools)?\.(?:jpe?g|tiff?|png)"),
-    ),
-}
-
-
-def file_name(dataset: str, kind: str, name: str) -> str:
-    """The ISPRS file name of one kind of file of a tile; used for messages and by the generator."""
-    if dataset == "vaihingen":
-        return {
-            "image": f"top_mosaic_09cm_{name}.tif",
-            "label": f"top_mosaic_09cm_{name}.tif",
-            "eroded": f"top_mosaic_09cm_{name}_noBoundary.tif",
-            "ndsm": f"dsm_09cm_matching_{name}_normalized.jpg",
-        }[kind]
-    x, y = (int(part) for part in name.split("_"))
-    return {
-        "image": f"top_potsdam_{name}_IRRG.tif",
-        "label": f"top_potsdam_{name}_label.tif",
-        "eroded": f"top_potsdam_{name}_label_noBoundary.tif",
-        "ndsm": f"dsm_potsdam_{x:02d}_{y:02d}_normalized_lastools.jpg",
-    }[kind]
-
-
-def _classify(relative: Path, dataset: str) -> tuple[str, str] | None:
-    """(kind, tile name) of a file given its path relative to the data root, or None if it is not the dataset's."""
-    for kind, pattern in _PATTERNS[dataset]:
-        match = re.fullmatch(pattern, relative.name, re.IGNORECASE)
-        if match is None:
-            continue
-        if kind == "ndsm" and not _NDSM_HINT.search(str(relative)):
-            return None
-        if kind == "image" and dataset == "vaihingen":
-            if any(_GROUND_TRUTH_FOLDER.search(folder) for folder in relative.parts[:-1]):
-                kind = "label"
-        numbers = [int(group) for group in match.groups()]
-        return kind, (f"area{numbers[0]}" if dataset == "vaihingen" else f"{numbers[0]}_{numbers[1]}")
-    return None
-
-
-def _listing(root) -> tuple[Path, list[Path]]:
-    """The root and all files below it, relative to it and sorted (so duplicates resolve the same way every time).
-    Linked folders are followed (a DIR of symlinks to the unpacked archives is a common arrangement, and
-    Path.rglob does not follow them before Python 3.13); a folder reached again (a link back up the tree,
-    or two links to one folder) is listed only where it is first met, in sorted order."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: data directory not found; point --data at the unpacked ISPRS archives")
-    files, seen = [], set()
-    for folder, subfolders, names in os.walk(root, followlinks=True):
-        subfolders.sort()
-        stat = os.stat(folder)
-        identity = (stat.st_dev, stat.st_ino)
-        if identity in seen:
-            subfolders.clear()
-            continue
-        seen.add(identity)
-        files += [Path(folder, name).relative_to(root) for name in names if Path(folder, name).is_file()]
-    return root, sorted(files)
-
-
-def _index(files: list[Path], dataset: str) -> dict[str, dict[str, Path]]:
-    """kind -> tile name -> relative path; when a file occurs twice, the first in sorted order is used."""
-    index = defaultdict(dict)
-    for relative in files:
-        found = _classify(relative, dataset)
-        if found is not None:
-            index[found[0]].setdefault(found[1], relative)
-    return index
-
-
-def _detect(root: Path, files: list[Path]) -> str:
-    present = [dataset for dataset in DATASETS if {"image", "rgbir"} & _index(files, dataset).keys()]
-    if not present:
-        raise DataError(
-            f"{root}: no ISPRS Vaihingen or Potsdam images found (e.g. top_mosaic_09cm_area1.tif, "
-            f"top_potsdam_2_10_IRRG.tif); for synthetic data run: python synth.py {root}"
-        )
-    if len(present) > 1:
-        raise DataError(f"{root}: holds both Vaihingen and Potsdam images; name the dataset (--dataset)")
-    return present[0]
+# ---- Reading the files --------------------------------------------------------------------
 
 
 def detect_dataset(root) -> str:
     """"vaihingen" or "potsdam", by the image files found below root."""
-    return _detect(*_listing(root))
+    return isprs.detect(*isprs.listing(root))
 
 
 def _notify(notices: list[str]):
@@ -315,32 +168,45 @@ def _read_label(path: Path) -> np.ndarray:
     return rgb_to_labels(colours, path)
 
 
+def _no_label(root: Path, dataset: str, name: str, image: Path) -> DataError:
+    where = " in any folder but the orthophotos'" if dataset == "vaihingen" else ""
+    return DataError(
+        f"{image}: no label found (expected {file_name(dataset, 'label', name)}{where}, or the eroded "
+        f"{file_name(dataset, 'eroded', name)}); add {isprs.ARCHIVES[dataset]['label']} to {root}, "
+        "as downloaded or unpacked"
+    )
+
+
+def _label_as_image(image: Path) -> DataError:
+    return DataError(f"{image}: holds only label colours, a label, not an orthophoto; move it into a folder "
+                     "named labels/ (or gts/, ground_truth/) and put the orthophoto in top/")
+
+
 def _read_tile(root: Path, index: dict, dataset: str, name: str) -> tuple[Tile, bool]:
-    """One tile, checked; the flag says whether its NDSM had to be derived from the DSM."""
+    """One tile, checked; the flag says whether its NDSM had to be derived from the DSM. Without a full
+    label the eroded one is the label (Tile.labels says so)."""
     rgbir = name not in index["image"]
     image = root / (index["rgbir"] if rgbir else index["image"])[name]
-    if name not in index["label"]:
-        raise DataError(
-            f"{image}: no label found (expected {file_name(dataset, 'label', name)}"
-            + (" in a folder whose name contains 'gts' or 'ground_truth'" if dataset == "vaihingen" else "")
-            + "); unpack the ground-truth archive under the data directory"
-        )
+    if name not in index["label"] and name not in index["eroded"]:
+        raise _label_as_image(image) if isprs.is_label_file(image) else _no_label(root, dataset, name, image)
     if name not in index["ndsm"] and name not in index["dsm"]:
         raise DataError(
             f"{image}: no NDSM found (expected e.g. {file_name(dataset, 'ndsm', name)} in a folder or with a "
-            "name containing 'ndsm' or 'normalized'); unpack the NDSM archive under the data directory"
+            f"name containing 'ndsm' or 'normalized'); add {isprs.ARCHIVES[dataset]['ndsm']} to {root}"
         )
     rgir = _read_rgir(image, rgbir)
+    if isprs.looks_like_label(rgir.pixels):
+        raise _label_as_image(image)
     from_dsm = name not in index["ndsm"]
     ndsm_path = root / (index["dsm"] if from_dsm else index["ndsm"])[name]
     ndsm = _read_dsm(ndsm_path) if from_dsm else _read_ndsm(ndsm_path)
-    label_path = root / index["label"][name]
+    label_path = root / index["label"][name] if name in index["label"] else None
     eroded_path = root / index["eroded"][name] if name in index["eroded"] else None
-    label = _read_label(label_path)
     eroded = _read_label(eroded_path) if eroded_path else None
+    label = _read_label(label_path) if label_path else eroded
     height, width = rgir.pixels.shape[:2]
     for array, path in ((ndsm.pixels, ndsm_path), (label, label_path), (eroded, eroded_path)):
-        if array is not None and array.shape[:2] != (height, width):
+        if path is not None and array.shape[:2] != (height, width):
             raise DataError(
                 f"{path}: size {array.shape[0]} x {array.shape[1]} differs from {image} "
                 f"({height} x {width}); all files of a tile must have the same size"
@@ -350,7 +216,8 @@ def _read_tile(root: Path, index: dict, dataset: str, name: str) -> tuple[Tile, 
     if without_data:
         print(f"notice: {name}: {' and '.join(without_data)} without data, stored as 0 "
               "(Tile.rgir_valid and Tile.ndsm_valid say where)")
-    return Tile(name, rgir.pixels, ndsm.pixels, label, eroded, rgir.valid, ndsm.valid), from_dsm
+    labels = "full" if label_path else "eroded"
+    return Tile(name, rgir.pixels, ndsm.pixels, label, eroded, rgir.valid, ndsm.valid, labels), from_dsm
 
 
 # ---- Splits ---------------------------------------------------------------------------------
@@ -389,11 +256,12 @@ def split_names(dataset: str, split: str) -> list[str]:
 
 def load_split(root, split, dataset=None) -> list[Tile]:
     """Find, read and check the tiles of a split; tiles absent from root are skipped with a notice."""
-    root, files = _listing(root)
-    dataset = known_dataset(dataset) if dataset is not None else _detect(root, files)
+    root, dataset, index = isprs.find(root, known_dataset(dataset) if dataset is not None else None)
     names = split_names(dataset, split)
-    index = _index(files, dataset)
     present = [name for name in names if name in index["image"] or name in index["rgbir"]]
+    rgb_only = [name for name in names if name in index["rgb"] and name not in present]
+    if not present and rgb_only:
+        isprs.refuse_rgb_only(root, rgb_only)
     if not present:
         raise DataError(
             f"{root}: none of the {len(names)} {dataset} {split} tiles found "
@@ -402,7 +270,7 @@ def load_split(root, split, dataset=None) -> list[Tile]:
     missing = [name for name in names if name not in present]
     if missing:
         print(f"notice: {dataset} {split}: {len(missing)} of {len(names)} tiles not found, skipped: "
-              + " ".join(missing))
+              + " ".join(missing) + (f" (RGB only, no infrared: {' '.join(rgb_only)})" if rgb_only else ""))
     tiles, derived = [], []
     for name in tqdm(present, desc=f"reading {dataset} {split}", unit="tile", leave=False, disable=None):
         tile, from_dsm = _read_tile(root, index, dataset, name)
@@ -412,7 +280,31 @@ def load_split(root, split, dataset=None) -> list[Tile]:
     if derived:
         print(f"warning: no NDSM for {' '.join(derived)}: derived from the DSM by subtracting an estimated "
               "ground, an approximation; use the ISPRS NDSM for comparable results")
+    eroded = [tile.name for tile in tiles if tile.labels == "eroded"]
+    if eroded:
+        print(f"notice: {dataset} {split}: no full labels for {' '.join(eroded)}: their eroded labels are used, "
+              "boundary pixels ignored")
     return tiles
+
+
+def summarise_splits(root, dataset=None):
+    """Print, per split, the tiles found, their labels (full, eroded, none) and their NDSM (file, or estimated
+    from the DSM), from the file names alone; and a notice when the test split has no labels, before a
+    training that could not be evaluated."""
+    root, dataset, index = isprs.find(root, dataset)
+    for split in SPLITS:
+        names = [name for name in split_names(dataset, split) if name in index["image"] or name in index["rgbir"]]
+        labels = {"full": sum(name in index["label"] for name in names)}
+        labels["eroded"] = sum(name in index["eroded"] and name not in index["label"] for name in names)
+        labels["none"] = len(names) - labels["full"] - labels["eroded"]
+        files = sum(name in index["ndsm"] for name in names)
+        estimated = sum(name in index["dsm"] and name not in index["ndsm"] for name in names)
+        print(f"{dataset} {split}: {len(names)} tiles; labels: " + ", ".join(f"{count} {kind}" for kind, count in
+              labels.items() if count) + f"; NDSM: {files} from files" + (f", {estimated} estimated from the DSM"
+                                                                          if estimated else ""))
+        if split == "test" and labels["none"] == len(names):
+            print(f"notice: the test split has {'no labels' if names else 'no tiles'}: evaluation will need them "
+                  f"({isprs.ARCHIVES[dataset]['label']} or {isprs.ARCHIVES[dataset]['eroded']})")
 
 
 def class_frequencies(tiles) -> np.ndarray:

@@ -278,6 +278,10 @@ def main(argv=None):
     if trained_on and dataset != trained_on:
         print(f"notice: {checkpoint_path} was trained on {trained_on}, scored here on {dataset}")
     tiles = data.load_split(data_dir, args.split, dataset)
+    eroded_only = [t.name for t in tiles if t.labels == "eroded"]
+    if eroded_only and not args.eroded:
+        raise DataError(f"{data_dir}: only eroded labels (*_noBoundary.tif) for tile(s) {', '.join(eroded_only)}; "
+                        "add --eroded to score against them")
     if args.eroded:
         missing_eroded = [t.name for t in tiles if t.label_eroded is None]
         if missing_eroded:

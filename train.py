@@ -335,6 +335,8 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
     log = print if rank == 0 else lambda *a, **k: None
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
     dataset = args.dataset or data.detect_dataset(args.data)
+    if rank == 0:  # before the long reading: what was found, and whether the test split can be scored
+        data.summarise_splits(args.data, dataset)
     train_tiles = data.load_split(args.data, "train", dataset)
     val_tiles = data.load_split(args.data, "val", dataset)
     patches = data.PatchDataset(train_tiles, args.patch, args.samples_per_epoch, args.seed)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import data
+import isprs
 import synth
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,7 +214,7 @@ def test_linked_folders_are_followed_and_a_folder_met_twice_is_listed_once(prist
     (archives / archive.name / "up").symlink_to(linked, target_is_directory=True)
 
     assert data.detect_dataset(linked) == "vaihingen"
-    assert len(data._listing(linked)[1]) == len(data._listing(pristine)[1])
+    assert len(isprs.listing(linked)[1]) == len(isprs.listing(pristine)[1])
     for split in ("train", "val", "test"):
         for tile, expected in zip(data.load_split(linked, split), data.load_split(pristine, split), strict=True):
             assert tile.name == expected.name
@@ -271,6 +272,12 @@ def smaller(path):
     Image.fromarray(read_jpeg(path)[:60]).save(path)
 
 
+def without_any_label(path):
+    """The label and the eroded label gone: an eroded label alone stands in for the label."""
+    path.unlink()
+    layout_path(path.parents[1], "vaihingen", "eroded", "area1").unlink()
+
+
 def off_palette(path):
     rgb = tifffile.imread(path)
     rgb[10:13, 10:14] = (12, 200, 7)
@@ -289,7 +296,7 @@ def off_palette(path):
         ("label", scribble, "truncated or corrupt"),
         ("label", off_palette, "12 pixels have colours outside the ISPRS palette, most often RGB (12, 200, 7)"),
         ("eroded", truncate, "truncated or corrupt"),
-        ("label", Path.unlink, "no label found (expected top_mosaic_09cm_area1.tif"),
+        ("label", without_any_label, "no label found (expected top_mosaic_09cm_area1.tif"),
         ("ndsm", Path.unlink, "no NDSM found"),
     ],
 )
@@ -299,7 +306,7 @@ def test_broken_files_raise_one_line_naming_the_file(vaihingen, kind, damage, ex
     with pytest.raises(data.DataError) as error:
         data.load_split(vaihingen, "train")
     message = str(error.value)
-    named = layout_path(vaihingen, "vaihingen", "image", "area1") if damage is Path.unlink else path
+    named = layout_path(vaihingen, "vaihingen", "image", "area1") if damage in (Path.unlink, without_any_label) else path
     assert expected in message and str(named) in message and "\n" not in message
 
 
