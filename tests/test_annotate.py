@@ -104,7 +104,8 @@ const beside = sections.filter(s => {
 });
 const stacked = [...document.querySelectorAll("mfrac")].filter(f => box(f.children[0]).bottom <= box(f.children[1]).top + 1);
 const lowered = [...document.querySelectorAll("msub")].filter(s => box(s.children[1]).bottom > box(s.children[0]).bottom);
-const scrolling = [...document.querySelectorAll(".code, .notes pre")].filter(c => c.scrollWidth > c.clientWidth + 1);
+const scrolling = [...document.querySelectorAll(".code, .notes pre, .notes math")].filter(
+  c => c.scrollWidth > c.clientWidth + 1 || box(c).right > box(c.closest(".notes, .code")).right + 1);
 const stacked_sections = sections.filter(s => box(s.querySelector(".notes")).bottom <= box(s.querySelector(".code")).top + 1);
 document.body.textContent = JSON.stringify({sections: sections.length, beside: beside.length,
   scrolling: scrolling.length, stacked_sections: stacked_sections.length,

@@ -62,7 +62,7 @@ section { display: flex; }
 .c { color: #6a737d; } .k { color: #a626a4; } .s { color: #22863a; } .n { color: #b45f06; }
 .f { color: #005cc5; font-weight: bold; } .b { color: #6f42c1; }
 .paper { color: #555; font-size: 0.9em; }
-math[display="block"] { margin: 6px 0; }
+math[display="block"] { margin: 6px 0; max-width: 100%; overflow-x: auto; }
 @media (max-width: 1000px) { section { display: block; } .notes { padding: 2px 16px; } }
 .notes p, .notes pre { margin: 6px 0 12px; }
 h2 { font-size: 1.25em; margin: 24px 0 6px; }
@@ -224,9 +224,12 @@ def paper_section(lines):
 def note_html(anchor, lines, typeset, links=None):
     """A note's paragraphs (split at blank lines; the first carries the
     anchor), an indented paragraph as preformatted text, a comment ruled
-    with dashes as a heading. An `Eq. N:` note displays its equation; a
-    note naming an equation ends with the paper's section."""
-    equation = EQUATION.match(lines[0]) if lines else None
+    with dashes as a heading. A paragraph that opens "Eq. N: $...$" displays
+    that equation; a note naming an equation ends with the paper's section."""
+    # A comment line that ends on a formula, followed by one that opens a sentence: two paragraphs.
+    lines = [x for i, line in enumerate(lines)
+             for x in ([line, ""] if line.rstrip().endswith("$") and i + 1 < len(lines)
+                       and lines[i + 1].strip()[:1].isupper() else [line])]
     text = "\n".join(lines).strip("\n")
     paragraphs = [p.splitlines() for p in re.split(r"\n\s*\n", text) if p.strip()]
     out = []
@@ -240,7 +243,7 @@ def note_html(anchor, lines, typeset, links=None):
         else:
             text = " ".join(line.strip() for line in paragraph)
             shown = inline(text, typeset, links)
-            if equation and i == 0:
+            if re.match(EQUATION.pattern + r"\s*\$", text):  # "Eq. N: $...$": the equation displayed
                 math = re.search(r"<math[^>]*>", shown)
                 if math:
                     tag = re.sub(r' display="\w+"', "", math[0]).replace("<math", '<math display="block"', 1)

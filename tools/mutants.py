@@ -129,7 +129,7 @@ MUTANTS = {
                "a claim holds when any difference is resolved its way"),
     ],
     "losses.py": [
-        Mutant(".pow(2).mean() for x, x_supp", ".abs().mean() for x, x_supp", "Eq. 2's cosine not squared"),
+        Mutant(".pow(2).mean()\n", ".abs().mean()\n", "Eq. 2's cosine not squared"),
         Mutant("kl = kl.mean(dim=1) if class_mean else kl.sum(dim=1)",
                "kl = kl.sum(dim=1) if class_mean else kl.mean(dim=1)", "the recipes' KL reductions swapped"),
         Mutant("return T**2 * kl.mean()", "return T * kl.mean()", "T instead of T^2"),
