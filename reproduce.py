@@ -577,7 +577,8 @@ def tables_markdown(results, training, title, found=None):
     if "dis2" in results and "hf" in results:  # where P1's margin lies
         by_class = {c: stats.paired_difference(results["dis2"], results["hf"], stats.class_f1_statistic("missing_rgir", c))
                     for c in SCORED}
-        rows = [[c, shown(d), "-" if d is None or d.p is None else f"{d.p:.4f}"] for c, d in by_class.items()]
+        rows = [[name, shown(d), "-" if d is None or d.p is None else f"{d.p:.4f}"]
+                for name, d in zip(COLUMN_NAMES, by_class.values())]
         parts += ["P1 by class: DIS2 - HF, F1 with the RGIR missing (exploratory, no correction)", "",
                   markdown_table(["Class", "Δ F1", "p"], rows), ""]
     if "dis2" in results:

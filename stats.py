@@ -24,8 +24,8 @@ plug-in variance of a mean of T tiles is (T-1)/T of the unbiased one). The
 interval is mean ± t(n - 1) sqrt(se_seeds^2 + var_tiles): the seeds'
 degrees of freedom, not Welch-Satterthwaite's. Satterthwaite would credit the
 tile term with T - 1 degrees of freedom, but a bootstrap of mF1 over a few
-tiles that carry most of the noise has far fewer (about 2.4-4.5, simulated on
-the reproduction's runs), and with more degrees of freedom than the seeds'
+tiles that carry most of the noise has far fewer (about 2.4-4.5, as an audit
+simulating from the reproduction's runs found), and with more degrees of freedom than the seeds'
 adding the tile noise could make a p-value smaller. With n - 1 the tile term
 only ever widens the interval. It covers the seeds and test tiles of this
 population: every seed trains on the same training tiles, so another
