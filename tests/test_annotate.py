@@ -69,8 +69,8 @@ def test_sections_notes_beside_the_code_they_explain():
     known = {"y = k x": "<math>y</math>"}
     links = {"eq-3": "#eq-3", "k": "#k"}
     assert annotate.note_html("eq-3", ["Eq. 3: $y = k x$, `k` a scalar"], annotate.Typesetter(known), links) == (
-        '<p id="eq-3"><a href="#eq-3">Eq. 3</a>: <math display="block">y</math>, <a href="#k"><code>k</code></a> a scalar'
-        '</p>\n<p class="paper">Paper: Section 3.1, Disentanglement Learning with Knowledge Distillation (DLKD)</p>')
+        '<p id="eq-3"><a href="#eq-3">Eq. 3</a>: <math display="block">y</math></p>\n'
+        '<p><a href="#k"><code>k</code></a> a scalar</p>\n<p class="paper">Paper: Section 3.1, Disentanglement Learning with Knowledge Distillation</p>')
 
 
 def test_notes_link_equations_and_code_names_and_name_the_papers_section():

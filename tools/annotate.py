@@ -40,9 +40,9 @@ SCREENSHOT = ROOT / "docs" / "annotated.png"
 EQUATION = re.compile(r"Eq\. (\d+)[^:.]*:")  # "Eq. 7:", "Eq. 11, l < L:"; not "Eq. 4 distils ..."
 INLINE = re.compile(r"\$([^$]+)\$|`([^`]+)`|\bEq\. (\d+)(?:-(\d+))?|\b([A-Z]\w+\.\w+)\b")
 # The paper's section of each equation (paper/DIS2.md), named in the note that mentions it first.
-PAPER_SECTIONS = {**{n: "Section 3.1, Disentanglement Learning with Knowledge Distillation (DLKD)" for n in range(1, 7)},
-                  **{n: "Section 3.2, Hierarchical Hybrid Fusion (HF), Figure 2" for n in (7, 8)},
-                  **{n: "Section 3.3, Classwise Feature Learning Module (CFLM)" for n in range(9, 14)},
+PAPER_SECTIONS = {**{n: "Section 3.1, Disentanglement Learning with Knowledge Distillation" for n in range(1, 7)},
+                  **{n: "Section 3.2, Hierarchical Hybrid Fusion; Figure 2" for n in (7, 8)},
+                  **{n: "Section 3.3, Classwise Feature Learning Module" for n in range(9, 14)},
                   14: "Section 3.3, the total loss"}
 # A fresh profile each run, and nothing that reaches the network.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -247,7 +247,11 @@ def note_html(anchor, lines, typeset, links=None):
                 math = re.search(r"<math[^>]*>", shown)
                 if math:
                     tag = re.sub(r' display="\w+"', "", math[0]).replace("<math", '<math display="block"', 1)
-                    shown = shown[:math.start()] + tag + shown[math.end():]
+                    end = shown.index("</math>", math.end()) + len("</math>")
+                    rest = re.sub(r"^[.,;]?\s*", "", shown[end:])  # what follows starts a paragraph
+                    shown = shown[:math.start()] + tag + shown[math.end():end]
+                    if rest:
+                        shown += f"</p>\n<p>{rest[:1].upper()}{rest[1:]}"
             out.append(f"<p{id_}>{shown}</p>")
     return "\n".join([*out, paper_section(lines)]).strip("\n")
 
