@@ -30,7 +30,7 @@ def test_every_equation_has_one_anchor_and_is_typeset():
     for name, text in annotate.pages().items():
         for n, paragraph in re.findall(r'<p id="eq-(\d+)">(.*?)</p>', text, re.S):
             anchors.setdefault(int(n), []).append(name)
-            assert paragraph.startswith(f"Eq. {n}") and "<math" in paragraph, paragraph
+            assert re.sub(r"^<a [^>]*>(.*?)</a>", r"\1", paragraph).startswith(f"Eq. {n}") and "<math" in paragraph
     assert anchors == {n: [anchors[n][0]] for n in range(1, 15)}
 
 
@@ -67,8 +67,25 @@ def test_sections_notes_beside_the_code_they_explain():
         ([("eq-3", ["Eq. 3: $y = k x$, the paper's notation"])], ["    return y"]),
     ]
     known = {"y = k x": "<math>y</math>"}
-    assert annotate.note_html("eq-3", ["Eq. 3: $y = k x$, `k` a scalar"], annotate.Typesetter(known)) == \
-        '<p id="eq-3">Eq. 3: <math>y</math>, <code>k</code> a scalar</p>'
+    links = {"eq-3": "#eq-3", "k": "#k"}
+    assert annotate.note_html("eq-3", ["Eq. 3: $y = k x$, `k` a scalar"], annotate.Typesetter(known), links) == (
+        '<p id="eq-3"><a href="#eq-3">Eq. 3</a>: <math display="block">y</math></p>\n'
+        '<p><a href="#k"><code>k</code></a> a scalar</p>\n<p class="paper">Paper: Section 3.1, Disentanglement Learning with Knowledge Distillation</p>')
+
+
+def test_notes_link_equations_and_code_names_and_name_the_papers_section():
+    links = annotate.targets()
+    assert links["eq-9"] == "dis2.html#eq-9" and links["eq-14"] == "losses.html#eq-14"
+    assert links["Decoder.forward"] == "dis2.html#Decoder.forward" and links["dis2_loss"] == "losses.html#dis2_loss"
+    for name, text in annotate.pages().items():
+        if name.endswith(".html") and name != "index.html":
+            ids = set(re.findall(r'id="([^"]+)"', text))
+            for href in re.findall(r'<a href="#([^"]+)"', text):
+                assert href in ids, (name, href)
+            # every note that names an equation names the paper's section too
+            for notes in re.findall(r'<div class="notes">(.*?)</div>', text, re.S):
+                if re.search(r">Eq\. \d+<", notes):
+                    assert 'class="paper">Paper: Section 3.' in notes, notes[:200]
 
 
 def test_an_equation_not_in_mathml_json_needs_latex2mathml_or_fails(monkeypatch):
@@ -87,7 +104,11 @@ const beside = sections.filter(s => {
 });
 const stacked = [...document.querySelectorAll("mfrac")].filter(f => box(f.children[0]).bottom <= box(f.children[1]).top + 1);
 const lowered = [...document.querySelectorAll("msub")].filter(s => box(s.children[1]).bottom > box(s.children[0]).bottom);
+const scrolling = [...document.querySelectorAll(".code, .notes pre, .notes math")].filter(
+  c => c.scrollWidth > c.clientWidth + 1 || box(c).right > box(c.closest(".notes, .code")).right + 1);
+const stacked_sections = sections.filter(s => box(s.querySelector(".notes")).bottom <= box(s.querySelector(".code")).top + 1);
 document.body.textContent = JSON.stringify({sections: sections.length, beside: beside.length,
+  scrolling: scrolling.length, stacked_sections: stacked_sections.length,
   fractions: document.querySelectorAll("mfrac").length, stacked: stacked.length,
   subscripts: document.querySelectorAll("msub").length, lowered: lowered.length});
 </script>
@@ -105,5 +126,9 @@ def test_a_browser_shows_notes_beside_code_and_typesets_the_equations(page, tmp_
     assert measured["sections"] > 10 and measured["beside"] == measured["sections"], measured
     assert measured["subscripts"] > 5 and measured["lowered"] == measured["subscripts"], measured
     assert measured["stacked"] == measured["fractions"], measured
+    assert measured["scrolling"] == 0, measured  # no code block scrolls sideways at 1400 px
     if page == "losses.html":  # Eq. 2
         assert measured["fractions"] >= 2, measured
+    narrow = annotate.run_chromium("--window-size=800,900", "--dump-dom", copy.as_uri())
+    measured = json.loads(re.search(r"<body>(.*)</body>", narrow, re.S)[1])
+    assert measured["stacked_sections"] == measured["sections"] and measured["scrolling"] == 0, measured

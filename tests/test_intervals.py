@@ -1,8 +1,12 @@
 """stats.py's interval over seeds and tiles, by simulation: experiments drawn
 from a model with known seed, tile and seed-by-tile variances, scored through
 stats.paired_difference as the reproduction scores its runs; the nominal 95%
-must cover the true difference in 93-97% of them. Also its p-values and
-Holm's procedure against independent computations."""
+must cover the true difference in at least 93% of them, and at most 97%
+where the seed spread dominates, as it does in the reproduction (with the
+seeds' degrees of freedom the interval is conservative where the shared tile
+noise dominates). Adding the tile noise never makes a p-value smaller than
+the seeds' alone, which Welch-Satterthwaite's degrees of freedom did. Also
+its p-values, power and Holm's procedure against independent computations."""
 
 import math
 
@@ -44,14 +48,29 @@ def test_the_interval_over_seeds_and_tiles_covers_95_percent(n, noise):
     rng = np.random.default_rng(1000 * n + len(noise))
     differences = [experiment(rng, n, *NOISE[noise]) for _ in range(EXPERIMENTS)]
     covers = lambda half: np.mean([abs(d.mean - TRUE_DIFFERENCE) <= half(d) for d in differences])
-    assert 0.93 <= covers(lambda d: d.half_both) <= 0.97, covers(lambda d: d.half_both)
+    assert 0.93 <= covers(lambda d: d.half_both) <= (0.97 if noise == "seeds dominate" else 1), covers(lambda d: d.half_both)
     if noise == "tiles dominate":  # the seeds alone miss the tile noise they share
         assert covers(lambda d: d.half_seeds) < 0.90
+    # Adding the tile noise never lowers a p-value below the seeds' alone; Satterthwaite's df (T - 1 for
+    # the tile term) did, in 2-26% of these experiments.
+    seeds_p = [stats.t_two_sided_p(d.mean / d.se_seeds, n - 1) for d in differences]
+    assert all(d.p >= p for d, p in zip(differences, seeds_p))
+    satterthwaite_p = [stats.t_two_sided_p(d.mean / d.se, satterthwaite_df(d)) for d in differences]
+    if noise == "seeds dominate" or n == 3:
+        assert np.mean([ps < p for ps, p in zip(satterthwaite_p, seeds_p)]) > 0.01
+
+
+def satterthwaite_df(d):
+    """Welch-Satterthwaite's degrees of freedom, the rule before 2026-12-07: n - 1 for the seeds'
+    part, T - 1 for the tiles', rounded down."""
+    seeds_part = d.se_seeds**2
+    denominator = seeds_part**2 / (d.n - 1) + d.var_tiles**2 / (TILES - 1)
+    return int((seeds_part + d.var_tiles) ** 2 / denominator)
 
 
 def test_interval_parts_by_hand():
     """The tile variance is the mean covariance between seeds' bootstrap replicates times T/(T-1),
-    the degrees of freedom Welch-Satterthwaite's, rounded down."""
+    the degrees of freedom the seeds', n - 1."""
     rng = np.random.default_rng(7)
     d = experiment(rng, 4, 1.0, 1.0, 1.0)
     rng = np.random.default_rng(7)
@@ -67,7 +86,7 @@ def test_interval_parts_by_hand():
     covariance = np.mean([np.cov(replicates[i], replicates[j])[0, 1] for i, j in pairs])
     var_tiles = max(covariance, 0) * TILES / (TILES - 1)
     se_seeds = per_tile.mean(1).std(ddof=1) / 2
-    df = math.floor((se_seeds**2 + var_tiles) ** 2 / (se_seeds**4 / 3 + var_tiles**2 / (TILES - 1)))
+    df = 3
     assert d.mean == pytest.approx(per_tile.mean())
     assert d.var_tiles == pytest.approx(var_tiles, rel=1e-9) and d.df == df
     assert d.half_both == pytest.approx(stats.t_quantile(df) * math.sqrt(se_seeds**2 + var_tiles), rel=1e-9)
@@ -84,6 +103,24 @@ def test_p_values_agree_with_the_integral_of_the_density(df):
         u = (np.arange(200_000) + 0.5) / 200_000  # x = t / u covers [t, inf)
         tail = np.mean(density(t / u) * t / u**2)
         assert stats.t_two_sided_p(t, df) == pytest.approx(2 * tail, rel=1e-4, abs=1e-9)
+
+
+def test_power_against_simulated_t_tests():
+    """The power of a t test, and the margin and seeds it gives, against t tests simulated from
+    the normal and chi-square draws that make the statistic."""
+    rng = np.random.default_rng(11)
+    for df, margin, alpha in ((2, 3.0, 0.05), (4, 2.0, 0.05), (9, 1.5, 0.01), (9, 0.0, 0.0125)):
+        se = 0.7
+        statistic = (rng.normal(margin / se, 1, 200_000)) / np.sqrt(rng.chisquare(df, 200_000) / df)
+        simulated = np.mean(np.abs(statistic) >= stats.t_critical(alpha, df))
+        assert stats.power(margin, se, df, alpha) == pytest.approx(simulated, abs=0.004), (df, margin, alpha)
+    assert stats.t_critical(0.05, 9) == pytest.approx(stats.t_quantile(9), abs=1e-4)
+    margin = stats.margin_for_power(0.5, 9)
+    assert stats.power(margin, 0.5, 9) == pytest.approx(0.8, abs=1e-6)
+    n = stats.seeds_for_power(1.0, 0.0, 1.0, 0.0125)
+    assert stats.power(1.0, 1 / math.sqrt(n), n - 1, 0.0125) >= 0.8 > stats.power(1.0, 1 / math.sqrt(n - 1), n - 2, 0.0125)
+    assert stats.seeds_for_power(1.0, 0.5**2, 1.0) is None  # the tiles' noise alone leaves too little power
+    assert stats.holm_thresholds([0.3, 0.01, 0.04]) == pytest.approx([0.05, 0.05 / 3, 0.05 / 2])
 
 
 def test_holm_against_its_definition():

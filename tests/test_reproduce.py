@@ -62,10 +62,13 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
     shaspec = tables.split("## Table 1's comparison: DIS2 minus ShaSpec")[1].split("## Table 3")[0]
     assert shaspec.count("(n=2)") == 3 * 2 * 2  # two ShaSpecs
     primary = tables.split("## The primary questions")[1].split("## Table 1 analogue")[0]
-    rows = [line.split(" | ") for line in primary.splitlines() if line.startswith("| P")]
+    rows = [line.split(" | ") for line in primary.splitlines() if line.startswith("| P") and "(n=" in line]
     assert [row[0] for row in rows] == ["| P1", "| P2", "| P3", "| P4", "| P5"]
-    assert all("(n=2)" in row[3] and row[6] in ("better", "worse", "not resolved") for row in rows)
-    assert [row[7] for row in rows] == ["+5.62", "+1.88", "+2.26", "+5.84", "+6.52"]
+    assert all("(n=2)" in row[3] and row[7] in ("better", "worse", "not resolved") for row in rows)
+    assert sorted(float(row[6]) for row in rows) == pytest.approx([0.01, 0.0125, 0.0167, 0.025, 0.05], abs=1e-4)
+    assert [row[8] for row in rows] == ["+5.62", "+1.88", "+2.26", "+5.84", "+6.52"]
+    power = [line.split(" | ") for line in primary.splitlines() if line.startswith("| P") and "%" in line]
+    assert [row[0] for row in power] == ["| P1", "| P2", "| P3", "| P4", "| P5"]
     assert tables.count("(exploratory") >= 9
     assert all(any(f"**{o}**" in c for o in ("holds", "does not hold", "not resolved")) for c in claims)
 
@@ -301,6 +304,11 @@ def test_primary_family_is_decided_by_holm_and_placed_against_the_paper():
     assert [row[5] for row in family] == ["better", "not resolved", "not resolved", "worse", "better"]
     assert [row[6] for row in family] == ["smaller than the paper's", "consistent with the paper",
                                           "consistent with the paper", "smaller than the paper's", "consistent with the paper"]
+    assert [row[7] for row in family] == pytest.approx([0.05 / 4, 0.05 / 2, 0.05, 0.05 / 5, 0.05 / 3])
+    power = reproduce.primary_power(family)
+    assert power["P4"]["holm_threshold"] == pytest.approx(0.01)
+    assert power["P1"]["power_at_mean"]["5%"] == pytest.approx(family[0][4].power())
+    assert power["P1"]["power_at_mean"]["holm"] < power["P1"]["power_at_mean"]["5%"]
     del found["shaspec"]["shaspec-authors"]  # not yet run: P3-P5 count with p = 1
     assert [row[5] for row in reproduce.primary_family(found)] == ["better", "not resolved", "not resolved",
                                                                    "not resolved", "not resolved"]

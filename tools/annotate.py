@@ -20,6 +20,7 @@ to have it converted anew.
 
 import argparse
 import ast
+import builtins
 import html
 import io
 import json
@@ -37,7 +38,12 @@ SOURCES = ("dis2.py", "losses.py")
 MATHML = "mathml.json"
 SCREENSHOT = ROOT / "docs" / "annotated.png"
 EQUATION = re.compile(r"Eq\. (\d+)[^:.]*:")  # "Eq. 7:", "Eq. 11, l < L:"; not "Eq. 4 distils ..."
-INLINE = re.compile(r"\$([^$]+)\$|`([^`]+)`")
+INLINE = re.compile(r"\$([^$]+)\$|`([^`]+)`|\bEq\. (\d+)(?:-(\d+))?|\b([A-Z]\w+\.\w+)\b")
+# The paper's section of each equation (paper/DIS2.md), named in the note that mentions it first.
+PAPER_SECTIONS = {**{n: "Section 3.1, Disentanglement Learning with Knowledge Distillation" for n in range(1, 7)},
+                  **{n: "Section 3.2, Hierarchical Hybrid Fusion; Figure 2" for n in (7, 8)},
+                  **{n: "Section 3.3, Classwise Feature Learning Module" for n in range(9, 14)},
+                  14: "Section 3.3, the total loss"}
 # A fresh profile each run, and nothing that reaches the network.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--hide-scrollbars")
@@ -49,10 +55,15 @@ body { margin: 0; font: 15px/1.5 "DejaVu Sans", sans-serif; color: #222; }
 header { padding: 10px 24px; border-bottom: 1px solid #ddd; }
 section { display: flex; }
 .notes { flex: 0 0 38%; min-width: 0; box-sizing: border-box; padding: 2px 24px; overflow-wrap: anywhere; }
-.notes pre { overflow-x: auto; font-size: 12px; }
+.notes pre { white-space: pre-wrap; font-size: 12px; }
 .code { flex: 1; min-width: 0; margin: 0; padding: 6px 16px; background: #f5f6f8; overflow-x: auto;
-        font: 13px/1.45 "DejaVu Sans Mono", monospace; }
-.c { color: #6a737d; } .k { color: #a626a4; }
+        font: 13px/1.45 "DejaVu Sans Mono", monospace; white-space: pre-wrap; }
+.code .line { display: block; padding-left: 4ch; text-indent: -4ch; }  /* a wrapped line hangs */
+.c { color: #6a737d; } .k { color: #a626a4; } .s { color: #22863a; } .n { color: #b45f06; }
+.f { color: #005cc5; font-weight: bold; } .b { color: #6f42c1; }
+.paper { color: #555; font-size: 0.9em; }
+math[display="block"] { margin: 6px 0; max-width: 100%; overflow-x: auto; }
+@media (max-width: 1000px) { section { display: block; } .notes { padding: 2px 16px; } }
 .notes p, .notes pre { margin: 6px 0 12px; }
 h2 { font-size: 1.25em; margin: 24px 0 6px; }
 math { font: 1.15em "STIX Two Math", "STIX Math", "Latin Modern Math", "Cambria Math", "DejaVu Math TeX Gyre", math;
@@ -81,19 +92,47 @@ class Typesetter:
         return self.used[latex]
 
 
+BUILTINS = set(dir(builtins))
+STRING_PARTS = {tokenize.STRING, getattr(tokenize, "FSTRING_START", -1), getattr(tokenize, "FSTRING_MIDDLE", -1),
+                getattr(tokenize, "FSTRING_END", -1)}
+
+
+def token_class(tok, previous, fstring):
+    """The span class of a token: comment, keyword, string, number, a name being defined, a builtin."""
+    if tok.type == tokenize.COMMENT:
+        return "c"
+    if tok.type in STRING_PARTS:
+        return "s"
+    if fstring:
+        return None
+    if tok.type == tokenize.NUMBER:
+        return "n"
+    if tok.type == tokenize.NAME:
+        if keyword.iskeyword(tok.string):
+            return "k"
+        if previous in ("def", "class"):
+            return "f"
+        if tok.string in BUILTINS:
+            return "b"
+    return None
+
+
 def highlighted(source):
-    """Each line of `source` as HTML, its comments and keywords in spans."""
+    """Each line of `source` as HTML, its comments, keywords, strings, numbers, defined names and
+    builtins in spans (a span never crosses a line)."""
     starts = [0]
     for line in source.splitlines(keepends=True):
         starts.append(starts[-1] + len(line))
-    parts, done, fstring = [], 0, 0
+    parts, done, fstring, previous = [], 0, 0, ""
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         fstring += FSTRING.get(tok.type, 0)
-        keyword_name = tok.type == tokenize.NAME and keyword.iskeyword(tok.string) and not fstring
-        if tok.type == tokenize.COMMENT or keyword_name:
+        kind = token_class(tok, previous, fstring and tok.type not in STRING_PARTS)
+        if tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+            previous = tok.string
+        if kind:
             start, end = (starts[row - 1] + col for row, col in (tok.start, tok.end))
-            parts += [html.escape(source[done:start]), f'<span class="{"k" if keyword_name else "c"}">',
-                      html.escape(tok.string), "</span>"]
+            text = html.escape(source[start:end]).replace("\n", f'</span>\n<span class="{kind}">')
+            parts += [html.escape(source[done:start]), f'<span class="{kind}">', text, "</span>"]
             done = end
     return "".join([*parts, html.escape(source[done:])]).split("\n")
 
@@ -154,33 +193,67 @@ def sections(source):
     return result
 
 
-def inline(text, typeset):
-    """Escaped text with $LaTeX$ typeset and `code` in <code>."""
+def inline(text, typeset, links=None):
+    """Escaped text with $LaTeX$ typeset, `code` in <code>, and "Eq. N" and the code's names linked
+    to their anchors where `links` ({"eq-N" or name: href}) has them."""
+    links = links or {}
+    link = lambda key, shown: f'<a href="{links[key]}">{shown}</a>' if key in links else shown
     out, done = [], 0
     for match in INLINE.finditer(text):
-        latex, code = match.groups()
-        out += [html.escape(text[done:match.start()]), typeset(latex) if latex else f"<code>{html.escape(code)}</code>"]
+        latex, code, first, last, dotted = match.groups()
+        if latex:
+            shown = typeset(latex)
+        elif code:
+            shown = link(code, f"<code>{html.escape(code)}</code>")
+        elif first:
+            shown = link(f"eq-{first}", f"Eq. {first}") + (f"-{link(f'eq-{last}', last)}" if last else "")
+        else:
+            shown = link(dotted, html.escape(dotted))
+        out += [html.escape(text[done:match.start()]), shown]
         done = match.end()
     return "".join([*out, html.escape(text[done:])])
 
 
-def note_html(anchor, lines, typeset):
+def paper_section(lines):
+    """The paper's section of the first equation a note names, as a line to show under it, or ""."""
+    mentioned = re.search(r"\bEq\. (\d+)", " ".join(lines))
+    section = mentioned and PAPER_SECTIONS.get(int(mentioned[1]))
+    return f'<p class="paper">Paper: {section}</p>' if section else ""
+
+
+def note_html(anchor, lines, typeset, links=None):
     """A note's paragraphs (split at blank lines; the first carries the
     anchor), an indented paragraph as preformatted text, a comment ruled
-    with dashes as a heading."""
-    paragraphs = [p.splitlines() for p in re.split(r"\n\s*\n", "\n".join(lines).strip("\n")) if p.strip()]
+    with dashes as a heading. A paragraph that opens "Eq. N: $...$" displays
+    that equation; a note naming an equation ends with the paper's section."""
+    # A comment line that ends on a formula, followed by one that opens a sentence: two paragraphs.
+    lines = [x for i, line in enumerate(lines)
+             for x in ([line, ""] if line.rstrip().endswith("$") and i + 1 < len(lines)
+                       and lines[i + 1].strip()[:1].isupper() else [line])]
+    text = "\n".join(lines).strip("\n")
+    paragraphs = [p.splitlines() for p in re.split(r"\n\s*\n", text) if p.strip()]
     out = []
     for i, paragraph in enumerate(paragraphs):
         id_ = f' id="{anchor}"' if anchor and i == 0 else ""
         if set(paragraph[0]) == {"-"}:
-            out.append(f"<h2{id_}>{inline(' '.join(paragraph[1:]), typeset)}</h2>")
+            out.append(f"<h2{id_}>{inline(' '.join(paragraph[1:]), typeset, links)}</h2>")
         elif all(line.startswith("    ") for line in paragraph):
             text = "\n".join(line[4:] for line in paragraph)
             out.append(f"<pre{id_}>{html.escape(text)}</pre>")
         else:
             text = " ".join(line.strip() for line in paragraph)
-            out.append(f"<p{id_}>{inline(text, typeset)}</p>")
-    return "\n".join(out)
+            shown = inline(text, typeset, links)
+            if re.match(EQUATION.pattern + r"\s*\$", text):  # "Eq. N: $...$": the equation displayed
+                math = re.search(r"<math[^>]*>", shown)
+                if math:
+                    tag = re.sub(r' display="\w+"', "", math[0]).replace("<math", '<math display="block"', 1)
+                    end = shown.index("</math>", math.end()) + len("</math>")
+                    rest = re.sub(r"^[.,;]?\s*", "", shown[end:])  # what follows starts a paragraph
+                    shown = shown[:math.start()] + tag + shown[math.end():end]
+                    if rest:
+                        shown += f"</p>\n<p>{rest[:1].upper()}{rest[1:]}"
+            out.append(f"<p{id_}>{shown}</p>")
+    return "\n".join([*out, paper_section(lines)]).strip("\n")
 
 
 def document(title, header, body):
@@ -188,18 +261,51 @@ def document(title, header, body):
             f"<style>{STYLE}</style>\n</head>\n<body>\n<header>{header}</header>\n{body}\n</body>\n</html>\n")
 
 
-def annotated(name, typeset, equations):
+def definitions(source):
+    """First row of each class and function (decorators included) -> its qualified name."""
+    names = {}
+
+    def visit(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.ClassDef, ast.FunctionDef)):
+                names[min(x.lineno for x in [child, *child.decorator_list])] = prefix + child.name
+                visit(child, prefix + child.name + ".")
+
+    visit(ast.parse(source), "")
+    return names
+
+
+def targets():
+    """What notes link to: "eq-N" -> the page of its anchor, and each class and function of the
+    sources (and a method's bare name where only one has it) -> its section."""
+    links, methods = {}, {}
+    for name in SOURCES:
+        source, page = (ROOT / name).read_text(encoding="utf-8"), name.replace(".py", ".html")
+        for line in source.splitlines():
+            equation = EQUATION.match(line.strip().removeprefix("# "))
+            if equation:
+                links.setdefault(f"eq-{equation[1]}", f"{page}#eq-{equation[1]}")
+        for qualified in definitions(source).values():
+            links[qualified] = f"{page}#{qualified}"
+            methods.setdefault(qualified.rsplit(".", 1)[-1], set()).add(links[qualified])
+    links.update({short: next(iter(hrefs)) for short, hrefs in methods.items() if len(hrefs) == 1 and short not in links})
+    return links
+
+
+def annotated(name, typeset, equations, links=None):
     """The page of one source file; adds its anchored equations to `equations` (N -> (page, its MathML))."""
     source = (ROOT / name).read_text(encoding="utf-8")
-    code_lines, page = highlighted(source), name.replace(".py", ".html")
+    code_lines, page, defined = highlighted(source), name.replace(".py", ".html"), definitions(source)
+    links = {k: v.removeprefix(page) for k, v in (links or {}).items()}  # same page: the bare #anchor
     body = []
     for notes, rows in sections(source):
         for anchor, lines in notes:
             latex = anchor and re.search(r"\$([^$]+)\$", " ".join(line.strip() for line in lines))
             if latex:
                 equations[int(anchor[3:])] = (page, typeset(latex[1]))
-        notes_html = "\n".join(note_html(anchor, lines, typeset) for anchor, lines in notes)
-        code = "\n".join(code_lines[r - 1] for r in rows)
+        notes_html = "\n".join(note_html(anchor, lines, typeset, links) for anchor, lines in notes)
+        anchor = lambda r: f' id="{defined[r]}"' if r in defined else ""  # a class or function: linked to
+        code = "".join(f'<span class="line"{anchor(r)}>{code_lines[r - 1] or " "}</span>' for r in rows)
         body.append(f'<section>\n<div class="notes">\n{notes_html}\n</div>\n<pre class="code">{code}</pre>\n</section>')
     header = (f'<a href="index.html">DIS2, annotated</a> / <b>{name}</b>, generated from {name} by '
               f"<code>python tools/annotate.py</code>: edit the source, not this page")
@@ -226,9 +332,9 @@ def pages():
     """File name -> text of everything docs/annotated/ holds."""
     path = OUT / MATHML
     typeset = Typesetter(json.loads(path.read_text(encoding="utf-8")) if path.exists() else {})
-    equations, result = {}, {}
+    equations, result, links = {}, {}, targets()
     for name in SOURCES:
-        page, text = annotated(name, typeset, equations)
+        page, text = annotated(name, typeset, equations, links)
         result[page] = text
     result["index.html"] = index(equations, typeset)
     result[MATHML] = json.dumps(dict(sorted(typeset.used.items())), indent=1, ensure_ascii=False) + "\n"

@@ -120,8 +120,7 @@ MUTANTS = {
                "clutter predictions dropped instead of clutter references"),
         Mutant("replicates.mean(0).std(ddof=1)", "replicates.mean(0).std(ddof=0)",
                "the bootstrap's standard error biased"),
-        Mutant("half_both = t_quantile(df) * math.sqrt(total)", "half_both = t_quantile(n - 1) * math.sqrt(total)",
-               "the interval over seeds and tiles with the seeds' degrees of freedom"),
+        Mutant("    df = n - 1\n", "    df = n\n", "the interval over seeds and tiles with one degree of freedom too many"),
         Mutant("var_tiles = max(float(shared), 0.0) * T / (T - 1)", "var_tiles = max(float(shared), 0.0)",
                "the shared tile variance without its small-sample correction"),
         Mutant("integers(0, T, (resamples, T))", "integers(0, T - 1, (resamples, T))", "the last tile never drawn"),
@@ -130,7 +129,7 @@ MUTANTS = {
                "a claim holds when any difference is resolved its way"),
     ],
     "losses.py": [
-        Mutant(".pow(2).mean() for x, x_supp", ".abs().mean() for x, x_supp", "Eq. 2's cosine not squared"),
+        Mutant(".pow(2).mean()\n", ".abs().mean()\n", "Eq. 2's cosine not squared"),
         Mutant("kl = kl.mean(dim=1) if class_mean else kl.sum(dim=1)",
                "kl = kl.sum(dim=1) if class_mean else kl.mean(dim=1)", "the recipes' KL reductions swapped"),
         Mutant("return T**2 * kl.mean()", "return T * kl.mean()", "T instead of T^2"),
