@@ -156,14 +156,25 @@ def test_each_band_is_scaled_by_its_own_declared_maximum(tmp_path):
     assert (raster.read_orthophoto(tmp_path / "rgbir.tif").pixels == 128).all()  # 127.5, halves up
 
 
+def write_packed_12_bit(path, rgb):
+    """An RGB TIFF of 12-bit samples, as GDAL's NBITS=12 writes: each row's samples packed MSB first,
+    padded to whole bytes. Packed here: imagecodecs' own encoder arrived only in its 2026 releases."""
+    rows = rgb.reshape(rgb.shape[0], -1).astype(np.uint16)
+    bits = ((rows[..., None] >> np.arange(11, -1, -1)) & 1).astype(np.uint8).reshape(rgb.shape[0], -1)
+    tifffile.imwrite(path, iter([np.packbits(bits, axis=1).tobytes()]), shape=rgb.shape, dtype=np.uint16,
+                     photometric="rgb", bitspersample=12)
+
+
 @pytest.mark.parametrize("declared", ["--max-value", "MaxSampleValue", "BitsPerSample"])
 def test_12_bit_data_gives_the_labels_of_its_8_bit_version(checkpoint, scene, reference, tmp_path, declared):
     rgir, ndsm = scene
     twelve_bit = np.rint(rgir * (4095 / 255)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "ndsm.tif", ndsm)
-    options = {"--max-value": {}, "MaxSampleValue": {"extratags": [(281, "H", 1, 4095, True)]},
-               "BitsPerSample": {"bitspersample": 12}}[declared]  # packed 12-bit, as GDAL's NBITS=12 writes
-    tifffile.imwrite(tmp_path / "area.tif", twelve_bit, photometric="rgb", **options)
+    if declared == "BitsPerSample":
+        write_packed_12_bit(tmp_path / "area.tif", twelve_bit)
+    else:
+        extratags = [(281, "H", 1, 4095, True)] if declared == "MaxSampleValue" else []
+        tifffile.imwrite(tmp_path / "area.tif", twelve_bit, photometric="rgb", extratags=extratags)
     flags = ["--max-value", 4095] if declared == "--max-value" else []
     found = labels(checkpoint, tmp_path / "out", "--rgir", tmp_path / "area.tif", "--ndsm", tmp_path / "ndsm.tif",
                    *flags)
@@ -183,7 +194,8 @@ def test_8_bit_data_with_a_declared_maximum_below_255_is_scaled_to_0_255(tmp_pat
 
 def test_packed_12_bit_data_is_read_exactly_over_its_whole_range(tmp_path):
     values = np.arange(4096, dtype=np.uint16).reshape(64, 64)
-    tifffile.imwrite(tmp_path / "packed.tif", np.stack([values] * 3, -1), photometric="rgb", bitspersample=12)
+    write_packed_12_bit(tmp_path / "packed.tif", np.stack([values] * 3, -1))
+    assert tifffile.TiffFile(tmp_path / "packed.tif").pages[0].bitspersample == 12
     rgir = raster.read_orthophoto(tmp_path / "packed.tif").pixels
     white = 2**12 - 1  # the largest 12-bit value, not 2**12
     np.testing.assert_array_equal(rgir, np.stack([np.floor(values / white * 255 + 0.5)] * 3, -1))
