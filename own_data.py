@@ -161,8 +161,8 @@ def _find(root: Path, split: str) -> list[tuple[str, dict[str, Path]]]:
     """(name, {kind: path}) of every image of a split; each must have its height and label of the same name."""
     found = {kind: _images(root / split / kind) for kind in KINDS}
     if not found["image"]:
-        raise DataError(f"{root / split / 'image'}: no images ({', '.join(SUFFIXES)}); the {split} split of one's own "
-                        "data is DIR/{split}/image, height and label (docs/data.md)".replace("{split}", split))
+        raise DataError(f"{root / split / 'image'}: no images ({', '.join(SUFFIXES)}); one's own data holds each split "
+                        f"in DIR/{split}/image, height and label (docs/data.md)")
     for kind in KINDS[1:]:
         missing = [name for name in found["image"] if name not in found[kind]]
         if missing:
@@ -171,8 +171,12 @@ def _find(root: Path, split: str) -> list[tuple[str, dict[str, Path]]]:
     return [(name, {kind: found[kind][name] for kind in KINDS}) for name in found["image"]]
 
 
-def _tags(layer) -> dict:
-    return {code: value for code, _, _, value, _ in layer.georeference if code in (33550, 33922, 34264)}
+# The GeoTIFF tags that place a raster's pixels: ModelPixelScale, ModelTiepoint, ModelTransformation
+_GRID_TAGS = (33550, 33922, 34264)
+
+
+def _grid_tags(layer) -> dict:
+    return {code: value for code, _, _, value, _ in layer.georeference if code in _GRID_TAGS}
 
 
 def _check_grid(image, image_path, height, height_path):
@@ -181,7 +185,7 @@ def _check_grid(image, image_path, height, height_path):
         raise DataError(f"{height_path}: {height.pixels.shape[0]} x {height.pixels.shape[1]} pixels, {image_path} "
                         f"{image.pixels.shape[0]} x {image.pixels.shape[1]}; the height raster must be on the image's "
                         "grid (resample it onto the image, e.g. gdalwarp -tr and -te of the image)")
-    image_tags, height_tags = _tags(image), _tags(height)
+    image_tags, height_tags = _grid_tags(image), _grid_tags(height)
     if image_tags and height_tags and image_tags != height_tags:
         raise DataError(f"{height_path}: georeferenced on another grid than {image_path} (origin or pixel size differ); "
                         "resample it onto the image's grid (gdalwarp)")
