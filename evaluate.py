@@ -12,7 +12,8 @@ scenario and the two missing ones share the Distinct encoders). The scores
 come from one confusion matrix over all tiles of the split: F1 and IoU per
 class, mF1 and mIoU over the paper's five classes (clutter is reported
 beside them, as is usual for ISPRS), and the overall accuracy over every
-labelled pixel.
+labelled pixel. A checkpoint trained on one's own data (own_data.py) is scored
+on its own classes, with no clutter column unless a class is marked as such.
 """
 
 import json

@@ -20,10 +20,10 @@ the ignore value or without data (the label's nodata) are never trained on nor s
 
 The bands and classes follow the data: the model takes as many image and height bands as the files have
 (every file of a modality alike), and each band is normalised by its mean and standard deviation over the
-valid pixels of the training split. The checkpoint keeps all of it (its "own_data": `entry`), so
-evaluate.py and predict.py read, score, colour and write as training did. Tiles are data.Tile, their
-modalities float32 and already normalised (data.normalise only moves their band axis), 0 (the mean)
-where a file has no data, which Tile.rgir_valid and ndsm_valid say.
+valid pixels of the training split. The checkpoint keeps all of it (its "own_data": read_classes' dict with
+the band counts and the normalisation added), so evaluate.py and predict.py read, score, colour and write as
+training did. Tiles are data.Tile, their modalities float32 and already normalised (data.normalise only moves
+their band axis), 0 (the mean) where a file has no data, which Tile.rgir_valid and ndsm_valid say.
 """
 
 import colorsys
@@ -107,7 +107,8 @@ def read_classes(root) -> dict:
         elif not isinstance(ignore, int):
             raise DataError(f'{path}: "ignore" is {json.dumps(ignore)}; give the label value of unlabelled pixels, e.g. 255')
         if ignore in [c["value" if labels == "values" else "colour"] for c in classes]:
-            raise DataError(f'{path}: "ignore" {json.dumps(ignore)} is also a class\'s; unlabelled pixels need a value of their own')
+            raise DataError(f'{path}: "ignore" {json.dumps(ignore)} is also a class\'s; unlabelled pixels need a value '
+                            "of their own")
     return dict(classes=classes, ignore=ignore, labels=labels)
 
 
