@@ -79,6 +79,25 @@ class Tile:
     labels: str = "full"  # "eroded" where only the eroded label was found: then `label` is it too
 
 
+# ---- The classes ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class ClassTable:
+    """The classes a model predicts, as evaluate.py scores and shows them and predict.py writes them: the ISPRS
+    ones below, or one's own from its classes.json (own_data.class_table)."""
+
+    names: tuple  # class id -> name
+    columns: tuple  # the table's header of each scored class
+    scored: tuple  # the names averaged into mF1 and mIoU
+    beside: tuple  # the names reported beside the means, in none (ISPRS: clutter)
+    values: np.ndarray  # (256,) uint8 class id -> the value predict.py writes; 255 (no data) stays 255
+    colours: np.ndarray  # (256, 3) uint8 class id -> its colour in the maps; black past the classes
+
+
+ISPRS_CLASSES = ClassTable(CLASSES, ("Imp. Surface", "Building", "Low Veg.", "Tree", "Car"), CLASSES[:5], ("clutter",),
+                           np.arange(256, dtype=np.uint8), labels_to_rgb(np.arange(256)))
+
+
 # ---- Reading the files --------------------------------------------------------------------
 
 
@@ -307,9 +326,9 @@ def summarise_splits(root, dataset=None):
                   f"({isprs.ARCHIVES[dataset]['label']} or {isprs.ARCHIVES[dataset]['eroded']})")
 
 
-def class_frequencies(tiles) -> np.ndarray:
-    """(6,) float64 fraction of labelled pixels per class over the tiles (for class weights)."""
-    counts = sum(np.bincount(tile.label.ravel(), minlength=256)[: len(CLASSES)] for tile in tiles)
+def class_frequencies(tiles, num_classes=len(CLASSES)) -> np.ndarray:
+    """(num_classes,) float64 fraction of labelled pixels per class over the tiles (for class weights)."""
+    counts = sum(np.bincount(tile.label.ravel(), minlength=256)[:num_classes] for tile in tiles)
     return counts / max(counts.sum(), 1)
 
 
@@ -326,15 +345,23 @@ RGIR_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 NDSM_MEAN, NDSM_STD = 0.14, 0.19
 
 
-def normalise(rgir: np.ndarray, ndsm: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def normalise(rgir: np.ndarray | None, ndsm: np.ndarray | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """uint8 (..., H, W, 3) IRRG and (..., H, W) NDSM (numpy arrays or CPU tensors) -> float32
-    (..., 3, H, W) and (..., 1, H, W)."""
-    rgir, ndsm = (x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x)) for x in (rgir, ndsm))
-    if not rgir.dtype == ndsm.dtype == torch.uint8 or rgir.shape[-1] != 3 or rgir.shape[:-1] != ndsm.shape:
-        raise ValueError(f"normalise expects uint8 (..., H, W, 3) and (..., H, W), got {rgir.shape} and {ndsm.shape}")
-    rgir = (rgir.movedim(-1, -3).float() / 255 - RGIR_MEAN) / RGIR_STD  # (..., 3, H, W)
-    ndsm = (ndsm.unsqueeze(-3).float() / 255 - NDSM_MEAN) / NDSM_STD  # (..., 1, H, W)
-    return rgir.contiguous(), ndsm
+    (..., 3, H, W) and (..., 1, H, W). One's own rasters are normalised when read (own_data.py): float32
+    (..., H, W, B) and (..., H, W, C) only move their band axis. None, a missing modality, stays None."""
+    rgir, ndsm = (x if x is None or isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+                  for x in (rgir, ndsm))
+    if all(x.dtype == torch.float32 for x in (rgir, ndsm) if x is not None):
+        return tuple(None if x is None else x.movedim(-1, -3).contiguous() for x in (rgir, ndsm))
+    ok = (rgir is None or (rgir.dtype == torch.uint8 and rgir.shape[-1] == 3)) and (ndsm is None or ndsm.dtype == torch.uint8)
+    if not ok or (rgir is not None and ndsm is not None and rgir.shape[:-1] != ndsm.shape):
+        raise ValueError(f"normalise expects uint8 (..., H, W, 3) and (..., H, W), got "
+                         f"{getattr(rgir, 'shape', None)} and {getattr(ndsm, 'shape', None)}")
+    if rgir is not None:
+        rgir = ((rgir.movedim(-1, -3).float() / 255 - RGIR_MEAN) / RGIR_STD).contiguous()  # (..., 3, H, W)
+    if ndsm is not None:
+        ndsm = (ndsm.unsqueeze(-3).float() / 255 - NDSM_MEAN) / NDSM_STD  # (..., 1, H, W)
+    return rgir, ndsm
 
 
 # ---- Patches for training, sliding windows for evaluation -----------------------------------

@@ -12,7 +12,8 @@ scenario and the two missing ones share the Distinct encoders). The scores
 come from one confusion matrix over all tiles of the split: F1 and IoU per
 class, mF1 and mIoU over the paper's five classes (clutter is reported
 beside them, as is usual for ISPRS), and the overall accuracy over every
-labelled pixel.
+labelled pixel. A checkpoint trained on one's own data (own_data.py) is scored
+on its own classes, with no clutter column unless a class is marked as such.
 """
 
 import json
@@ -25,14 +26,15 @@ from PIL import Image
 from tqdm import tqdm
 
 import data
+import own_data
 from data import CLASSES, IGNORE_INDEX, DataError
 from dis2 import SCENARIOS
 from runtime import add_inference_flags, inference_setup, model_from_checkpoint, use_channels_last, writable_dir
 
-SCORED = CLASSES[:5]  # averaged into mF1 and mIoU, as in the paper
+SCORED = data.ISPRS_CLASSES.scored  # averaged into mF1 and mIoU, as in the paper
 ROW_NAMES = {"full": "Full Modality", "missing_rgir": "Missing RGIR - Only NDSM", "missing_ndsm": "Missing NDSM - Only RGIR"}
 SHORT_NAMES = {s: name.split(" - ")[0] for s, name in ROW_NAMES.items()}  # for figures and scenario pairs
-COLUMN_NAMES = ("Imp. Surface", "Building", "Low Veg.", "Tree", "Car")
+COLUMN_NAMES = data.ISPRS_CLASSES.columns
 DISTANCE_PAIRS = (("full", "missing_rgir"), ("full", "missing_ndsm"), ("missing_rgir", "missing_ndsm"))
 # Flags of earlier versions that now belong to another command.
 MOVED = {
@@ -54,18 +56,18 @@ def confusion_matrix(pred, label, num_classes=len(CLASSES)):
     return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def scores(confusion):
-    """Per-class F1 and IoU, mF1 and mIoU over the five scored classes, OA; in percent.
-    A class absent from both reference and prediction has no F1 (None)."""
+def scores(confusion, classes=data.ISPRS_CLASSES):
+    """Per-class F1 and IoU, mF1 and mIoU over the scored classes (the paper's five; `classes`, a
+    data.ClassTable), OA; in percent. A class absent from both reference and prediction has no F1 (None)."""
     tp = np.diag(confusion).astype(np.float64)
     fp, fn = confusion.sum(0) - tp, confusion.sum(1) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = 100 * 2 * tp / (2 * tp + fp + fn)
         iou = 100 * tp / (tp + fp + fn)
-    scored = [CLASSES.index(c) for c in SCORED]
+    scored = [classes.names.index(c) for c in classes.scored]
     value = lambda x: None if np.isnan(x) else float(x)
     return {
-        "f1": {c: value(f1[i]) for i, c in enumerate(CLASSES)},
+        "f1": {c: value(f1[i]) for i, c in enumerate(classes.names)},
         "mF1": value(np.nanmean(f1[scored])) if not np.isnan(f1[scored]).all() else None,
         "mIoU": value(np.nanmean(iou[scored])) if not np.isnan(iou[scored]).all() else None,
         "OA": value(100 * tp.sum() / confusion.sum()) if confusion.sum() else None,
@@ -92,7 +94,7 @@ def predict_tile(model, tile, scenarios, window, overlap, batch_size, device, am
     H, W = tile.label.shape
     rgir, ndsm = data.pad_to_window(tile.rgir, window), data.pad_to_window(tile.ndsm, window)
     starts = data.sliding_windows(*ndsm.shape[:2], window, overlap)
-    K = len(CLASSES)
+    K = model.config.num_classes
     memory_format = torch.channels_last if use_channels_last(device, channels_last) else torch.contiguous_format
     # Summed softmax probabilities: their argmax is that of the average over windows.
     probs = {s: torch.zeros(K, *ndsm.shape[:2], device=device) for s in scenarios}
@@ -150,15 +152,17 @@ def standardised_distance(sums, pair):
 
 
 def evaluate_tiles(model, tiles, scenarios, window, overlap, batch_size, device, amp_dtype,
-                   eroded=False, feature_distance=False, save_dir=None, progress=True, channels_last=None):
+                   eroded=False, feature_distance=False, save_dir=None, progress=True, channels_last=None,
+                   classes=data.ISPRS_CLASSES):
     """Scores each scenario over all tiles from one confusion matrix per scenario.
     Returns (scores per scenario, feature distances per pair or None, per tile):
     `per_tile[name]` holds the tile's confusion matrix per scenario (rows: reference,
     columns: predicted) and, with `feature_distance`, its windows' mean distance per pair,
     the mean norm of the full scenario's Z ("z_full") and the number of windows, so that
-    any statistic over tiles can be recomputed without the model."""
+    any statistic over tiles can be recomputed without the model. `classes` (data.ClassTable): what
+    the model predicts, ISPRS's or one's own (own_data.class_table)."""
     model.eval()  # batch norm with its running statistics; train.py switches back after validation
-    confusion = {s: np.zeros((len(CLASSES),) * 2, np.int64) for s in scenarios}
+    confusion = {s: np.zeros((len(classes.names),) * 2, np.int64) for s in scenarios}
     pairs = [pair for pair in DISTANCE_PAIRS if set(pair) <= set(scenarios)] if feature_distance else []
     every_pair = len(pairs) == len(DISTANCE_PAIRS)
     keys = pairs + (["z_full"] if pairs and "full" in scenarios else [])
@@ -172,11 +176,11 @@ def evaluate_tiles(model, tiles, scenarios, window, overlap, batch_size, device,
                                    tile_distances if keys else None, channels_last)
         per_tile[tile.name] = {"confusion": {}}
         for s, pred in predictions.items():
-            tile_confusion = confusion_matrix(pred, label)
+            tile_confusion = confusion_matrix(pred, label, len(classes.names))
             confusion[s] += tile_confusion
             per_tile[tile.name]["confusion"][s] = tile_confusion.tolist()
             if save_dir is not None:
-                Image.fromarray(data.labels_to_rgb(pred)).save(Path(save_dir) / f"{tile.name}_{s}.png")
+                Image.fromarray(classes.colours[pred]).save(Path(save_dir) / f"{tile.name}_{s}.png")
         if keys:
             sums = tile_distances.pop("z_channels", None)
             windows = next(iter(tile_distances.values()))[1]
@@ -191,7 +195,7 @@ def evaluate_tiles(model, tiles, scenarios, window, overlap, batch_size, device,
     mean_distance = {key: total / max(count, 1) for key, (total, count) in distances.items()} if feature_distance else None
     if channel_sums:
         mean_distance["standardised"] = {pair: float(standardised_distance(channel_sums, pair)) for pair in DISTANCE_PAIRS}
-    return {s: scores(c) for s, c in confusion.items()}, mean_distance, per_tile
+    return {s: scores(c, classes) for s, c in confusion.items()}, mean_distance, per_tile
 
 
 # -----------------------------------------------------------------------------
@@ -202,14 +206,19 @@ def fmt(x, width=8):
     return f"{'-':>{width}}" if x is None else f"{x:{width}.2f}"
 
 
-def table(results):
+def table(results, classes=data.ISPRS_CLASSES):
     """The layout of the paper's Table 1: a row per scenario, the five class F1
-    scores, mF1 and mIoU; then OA and the clutter F1 (not in the means)."""
-    header = f"{'Scenario':<26}" + "".join(f"{c:>13}" for c in COLUMN_NAMES) + f"{'mF1':>8}{'mIoU':>8}{'OA':>8} |{'Clutter':>8}"
+    scores, mF1 and mIoU; then OA and the clutter F1 (not in the means). One's
+    own classes (`classes`) the same way: the scored ones, and those marked as
+    clutter, if any, beside."""
+    width = max(13, 1 + max(map(len, classes.columns)))
+    beside = lambda cell: "".join(f" |{cell(c)}" for c in classes.beside)
+    header = (f"{'Scenario':<26}" + "".join(f"{c:>{width}}" for c in classes.columns) + f"{'mF1':>8}{'mIoU':>8}{'OA':>8}"
+              + beside(lambda c: f"{c.capitalize():>8}"))
     lines = [header, "-" * len(header)]
     for s, r in results.items():
-        cells = "".join(fmt(r["f1"][c], 13) for c in SCORED)
-        lines.append(f"{ROW_NAMES[s]:<26}{cells}{fmt(r['mF1'])}{fmt(r['mIoU'])}{fmt(r['OA'])} |{fmt(r['f1']['clutter'])}")
+        cells = "".join(fmt(r["f1"][c], width) for c in classes.scored)
+        lines.append(f"{ROW_NAMES[s]:<26}{cells}{fmt(r['mF1'])}{fmt(r['mIoU'])}{fmt(r['OA'])}" + beside(lambda c: fmt(r["f1"][c])))
     return "\n".join(lines)
 
 
@@ -273,11 +282,15 @@ def main(argv=None):
     if args.json:
         writable_dir(Path(args.json).parent, "--json")
     data_dir = args.data or checkpoint["data"]
-    trained_on = checkpoint.get("dataset")
-    dataset = args.dataset or (data.detect_dataset(data_dir) if args.data else trained_on)
-    if trained_on and dataset != trained_on:
-        print(f"notice: {checkpoint_path} was trained on {trained_on}, scored here on {dataset}")
-    tiles = data.load_split(data_dir, args.split, dataset)
+    own, classes = checkpoint.get("own_data"), own_data.class_table(checkpoint.get("own_data"))  # own: None for ISPRS
+    if own:
+        tiles = own_data.load_split(data_dir, args.split, own)
+    else:
+        trained_on = checkpoint.get("dataset")
+        dataset = args.dataset or (data.detect_dataset(data_dir) if args.data else trained_on)
+        if trained_on and dataset != trained_on:
+            print(f"notice: {checkpoint_path} was trained on {trained_on}, scored here on {dataset}")
+        tiles = data.load_split(data_dir, args.split, dataset)
     eroded_only = [t.name for t in tiles if t.labels == "eroded"]
     if eroded_only and not args.eroded:
         raise DataError(f"{data_dir}: only eroded labels (*_noBoundary.tif) for tile(s) {', '.join(eroded_only)}; "
@@ -292,11 +305,11 @@ def main(argv=None):
     start = time.perf_counter()
     results, distances, per_tile = evaluate_tiles(model, tiles, scenarios, window, overlap, args.batch_size, device, amp_dtype,
                                         eroded=args.eroded, feature_distance=args.feature_distance, save_dir=save_dir,
-                                        channels_last=args.channels_last)
+                                        channels_last=args.channels_last, classes=classes)
     seconds = time.perf_counter() - start
     labels = "eroded labels" if args.eroded else "full reference labels"
     print(f"\n{checkpoint_path}: {args.split} split, {len(tiles)} tiles, {labels}, {seconds:.1f} s (F1 in %)")
-    print(table(results))
+    print(table(results, classes))
     if distances:
         print()
         print(distance_table(distances))

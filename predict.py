@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import own_data
 import raster
 from data import DataError, one_line
 from dis2 import SCENARIOS, upsample
@@ -91,9 +92,7 @@ def window_outputs(model, rgir, ndsm, batch, window, device, amp_dtype, attentio
     means uniform attention at any window size."""
     cut = lambda image: None if image is None else np.stack([image[y : y + window, x : x + window] for y, x in batch])
     r, n = cut(rgir), cut(ndsm)
-    # data.normalise takes both modalities: a missing one goes in as zeros and is dropped again
-    normalised = data.normalise(np.zeros((*n.shape, 3), np.uint8) if r is None else r,
-                                np.zeros(r.shape[:-1], np.uint8) if n is None else n)
+    normalised = data.normalise(r, n)
     r, n = (None if x is None else filled(t.to(device, non_blocking=True), cut(valid))
             for x, t, valid in zip((r, n), normalised, (rgir_valid, ndsm_valid)))
     r, n = (None if x is None else x.contiguous(memory_format=memory_format) for x in (r, n))
@@ -236,10 +235,9 @@ def read_pair(rgir_path, ndsm_path, args, trained_on=None):
     GeoTIFF tags of its prediction: the orthophoto's, or the NDSM's if the orthophoto has none; and
     the notices of reading it (alpha bands, a modality without any data, which is then missing,
     and, given the checkpoint's dataset `trained_on`, pixel sizes far from those the model learnt)."""
-    rgir = raster.read_orthophoto(rgir_path, args.bands, args.max_value, args.rgir_nodata) if rgir_path else None
-    ndsm = raster.read_height_model(ndsm_path, args.ndsm_unit, args.ndsm_nodata) if ndsm_path else None
-    if rgir is not None and ndsm is not None and ndsm.pixels.shape != rgir.pixels.shape[:2]:
-        (height, width), (rgir_height, rgir_width) = ndsm.pixels.shape, rgir.pixels.shape[:2]
+    rgir, ndsm = own_data.read_layers(rgir_path, ndsm_path, args)  # one's own data as the checkpoint says, or ISPRS
+    if rgir is not None and ndsm is not None and ndsm.pixels.shape[:2] != rgir.pixels.shape[:2]:
+        (height, width), (rgir_height, rgir_width) = ndsm.pixels.shape[:2], rgir.pixels.shape[:2]
         raise DataError(f"{ndsm_path}: size {height} x {width} differs from {rgir_path} ({rgir_height} x "
                         f"{rgir_width}); the orthophoto and the NDSM must cover the same pixels")
     given = {name: (path, layer) for name, path, layer in (("orthophoto", rgir_path, rgir), ("NDSM", ndsm_path, ndsm))
@@ -359,10 +357,11 @@ LABEL_COLOURS = data.labels_to_rgb(np.arange(256)).T.astype(np.uint16) * 257  # 
 NODATA_TAG = (raster.GDAL_NODATA, "s", 0, str(NODATA_LABEL), True)  # declares NODATA_LABEL to GDAL and QGIS
 
 
-def stored(key, values, colour):
-    """A strip's values as written: class ids or palette colours; probabilities as uint8 0-255."""
+def stored(key, values, colour, classes=data.ISPRS_CLASSES):
+    """A strip's values as written: class ids (one's own data: their values) or palette colours; probabilities as
+    uint8 0-255."""
     if key == "labels":
-        return data.labels_to_rgb(values) if colour else values
+        return classes.colours[values] if colour else classes.values[values]
     return np.rint(255 * values).astype(np.uint8) if key == "probabilities" else values
 
 
@@ -372,10 +371,12 @@ def predict_file(model, rgir_path, ndsm_path, out_dir, args, window, overlap, de
     rgir, ndsm, tags, _ = read_pair(rgir_path, ndsm_path, args)  # its notices were given when it was checked
     H, W = (rgir or ndsm).pixels.shape[:2]
     name, K = area_name(rgir_path, ndsm_path), model.config.num_classes
+    classes = own_data.class_table(getattr(args, "own_data", None))
+    colour_table = LABEL_COLOURS if classes is data.ISPRS_CLASSES else own_data.colour_table(classes)
     # key: (shape, dtype, photometric, extra tags, colour table, how overviews reduce it); --colour's RGB
     # declares no nodata, as GDAL would take 0 in any band for it: the red of a blue building
     formats = {"labels": ((H, W, 3), np.uint8, "rgb", [], None, "mode") if args.colour
-               else ((H, W), np.uint8, "palette", [NODATA_TAG], LABEL_COLOURS, "mode")}
+               else ((H, W), np.uint8, "palette", [NODATA_TAG], colour_table, "mode")}
     if args.probabilities:
         formats["probabilities"] = ((H, W, K), np.uint8, "minisblack", [], None, "mean")
     if args.attention:
@@ -392,7 +393,7 @@ def predict_file(model, rgir_path, ndsm_path, out_dir, args, window, overlap, de
         for strip in predict_strips(model, rgir, ndsm, window, overlap, args.batch_size, device, amp_dtype,
                                     args.probabilities, args.attention, args.channels_last, rgir_valid, ndsm_valid):
             for key, writer in writers.items():
-                writer.write(stored(key, strip[key], args.colour))
+                writer.write(stored(key, strip[key], args.colour, classes))
         for writer in writers.values():
             writer.commit()
     except OSError as error:

@@ -362,3 +362,13 @@ def read_bands(path) -> tuple[np.ndarray, list[str]]:
     raster = _read_raster(path)
     pixels, _, notices = _data_bands(raster, path, raster.alpha)
     return pixels, notices
+
+
+def read_raw(path, nodata=None) -> Layer:
+    """One's own rasters (own_data.py): (H, W, B) every band that is not alpha, as the file holds it (any count,
+    any type), where it has data (_validity; `nodata` over the file's GDAL_NODATA), its GeoTIFF tags and the
+    notices of reading it."""
+    path = Path(path)
+    raster = _read_raster(path)
+    pixels, _, notices = _data_bands(raster, path, raster.alpha, _ALPHA_MASKS)
+    return Layer(pixels, _validity(raster, pixels, raster.alpha, nodata), raster.georeference, notices)

@@ -132,12 +132,17 @@ def add_inference_flags(p):
 
 def inference_setup(args):
     """What add_inference_flags' flags resolve to: (device, autocast dtype, checkpoint path, checkpoint,
-    window, overlap); sets args.channels_last for the device. The checkpoint must predict the ISPRS classes."""
+    window, overlap); sets args.channels_last for the device, and args.own_data to the checkpoint's own data
+    (its classes, bands and normalisation; own_data.py), None for ISPRS, by which predict.py reads and writes.
+    An ISPRS checkpoint must predict the ISPRS classes."""
     device = resolve_device(args.device)
     amp_dtype = autocast_dtype(device, args.amp)
     args.channels_last = use_channels_last(device, args.channels_last)
     checkpoint_path = Path(args.checkpoint) if args.checkpoint else latest_checkpoint()
-    checkpoint = check_isprs_classes(load_checkpoint(checkpoint_path), checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path)
+    args.own_data = checkpoint.get("own_data")
+    if args.own_data is None:
+        check_isprs_classes(checkpoint, checkpoint_path)
     return (device, amp_dtype, checkpoint_path, checkpoint, *windows_of(args, checkpoint))
 
 

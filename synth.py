@@ -16,6 +16,7 @@ keep little of it, and some roofs (not most) have the roads' colours; alone it
 finds nearly everything but those roofs and the cars.
 """
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from data import (
     positive_int,
     split_names,
 )
+from raster import GDAL_NODATA
 
 # ---- Scenes -----------------------------------------------------------------------------
 
@@ -530,20 +532,67 @@ def synthesize(out_dir, dataset="vaihingen", tiles=6, size=1024, seed=0) -> None
         Image.fromarray(ndsm).save(path["ndsm"], quality=95)
 
 
+# One's own data (own_data.py, --layout own): the same scenes as a survey that is not ISPRS. Four classes with
+# label values of their own (cars are paved surface), clutter unlabelled; R, G, B, NIR in 12 bits stored as
+# 16-bit integers; heights in float metres with a hole of nodata (OWN_NODATA) in every tile.
+OWN_CLASSES = {"classes": [{"name": "paved", "value": 10}, {"name": "building", "value": 20, "colour": [90, 90, 90]},
+                           {"name": "grass", "value": 30}, {"name": "tree", "value": 40}], "ignore": 255}
+_OWN_VALUE = np.array([10, 20, 30, 40, 10, 255], np.uint8)  # of each ISPRS class id (_IMPERVIOUS, ...)
+OWN_NODATA = -9999.0
+
+
+def synthesize_own(out_dir, tiles=6, size=1024, seed=0) -> None:
+    """Write `tiles` square synthetic tiles in the layout of one's own data (own_data.py), to DIR/{train,val,test}
+    in turn, and its classes.json; tile k is drawn from rng (seed, k) as synthesize's."""
+    if size < 16 or seed < 0:
+        raise DataError(f"--size must be at least 16 and --seed not negative, got size {size}, seed {seed}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    classes = ",\n".join(f"  {json.dumps(entry)}" for entry in OWN_CLASSES["classes"])
+    (out_dir / "classes.json").write_text(f'{{"classes": [\n{classes}\n ],\n "ignore": {OWN_CLASSES["ignore"]}}}\n')
+    nodata = [(GDAL_NODATA, "s", 0, f"{OWN_NODATA:g}", True)]
+    for k in tqdm(range(tiles), desc="drawing", unit="tile", leave=False, disable=None):
+        rng = np.random.default_rng((seed, k))
+        irrg, ndsm, label = _render(_layout(rng, size, size), rng, size, size)
+        infrared, red, green = np.moveaxis(irrg.astype(np.uint16), -1, 0)
+        blue = (green * 3 + red) // 4  # roads and roofs stay grey, vegetation bluish dark
+        bands = np.stack([red, green, blue, infrared], -1) * 16 + rng.integers(0, 16, (size, size, 4), np.uint16)
+        metres = ndsm.astype(np.float32) / NDSM_LEVELS_PER_METRE
+        y, x = rng.integers(0, size - size // 4, 2)
+        metres[y : y + size // 4, x : x + size // 4] = OWN_NODATA  # a gap of the matching
+        folder = out_dir / SPLITS[k % len(SPLITS)]
+        for kind in ("image", "height", "label"):
+            (folder / kind).mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(folder / "image" / f"tile{k}.tif", bands, photometric="minisblack", planarconfig="contig",
+                         compression="zlib")
+        tifffile.imwrite(folder / "height" / f"tile{k}.tif", metres, compression="zlib", extratags=nodata)
+        tifffile.imwrite(folder / "label" / f"tile{k}.tif", _OWN_VALUE[label], compression="zlib")
+
+
 # ---- Command line ---------------------------------------------------------------------------
 
 
 def main(argv=None):
-    parser = ArgumentParser(description="Write synthetic tiles in the ISPRS Vaihingen or Potsdam layout into DIR.")
-    parser.add_argument("out_dir", type=Path, metavar="DIR", help="where the tiles go, in the ISPRS layout")
-    parser.add_argument("--dataset", choices=DATASETS, default="vaihingen", help="whose file names, bands and pixel size (default %(default)s)")
+    parser = ArgumentParser(description="Write synthetic tiles in the ISPRS Vaihingen or Potsdam layout, or in "
+                                        "that of one's own data (--layout own), into DIR.")
+    parser.add_argument("out_dir", type=Path, metavar="DIR", help="where the tiles go")
+    parser.add_argument("--dataset", choices=DATASETS, default="vaihingen",
+                        help="with --layout isprs: whose file names, bands and pixel size (default %(default)s)")
+    parser.add_argument("--layout", choices=("isprs", "own"), default="isprs",
+                        help="isprs: the --dataset's files and folders; own: DIR/classes.json and DIR/{train,val,test}/"
+                             "{image,height,label}, 4-band 16-bit images, float heights with nodata, 4 classes "
+                             "(docs/data.md; default %(default)s)")
     parser.add_argument("--tiles", type=positive_int, default=6, help="number of tiles (train, val, test in turn)")
     parser.add_argument("--size", type=positive_int, default=1024, help="tile width (Vaihingen: 1-1.5x as high)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scenes: the same seed writes the same files (default %(default)s)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    synthesize(args.out_dir, args.dataset, args.tiles, args.size, args.seed)
-    print(f"wrote {args.tiles} synthetic {args.dataset} tiles to {args.out_dir} in {time.perf_counter() - start:.1f} s")
+    if args.layout == "own":
+        synthesize_own(args.out_dir, args.tiles, args.size, args.seed)
+    else:
+        synthesize(args.out_dir, args.dataset, args.tiles, args.size, args.seed)
+    kind = "tiles of one's own data" if args.layout == "own" else f"{args.dataset} tiles"
+    print(f"wrote {args.tiles} synthetic {kind} to {args.out_dir} in {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":

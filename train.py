@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 import data
+import own_data
 from data import DataError
 from dis2 import ABLATIONS, DIS2, DIS2Config, LAYOUTS, SCENARIOS
 from distributed import leave_distributed, setup_distributed, synchronise_batch_norm
@@ -86,7 +87,7 @@ def training_parser(description="Train DIS2 on ISPRS Vaihingen or Potsdam.", bud
     flag name -> the default its help states (default: BUDGET's, the paper's sizes)."""
     said = budget_defaults or {**{name: f"{value}" for name, value in BUDGET.items()}, "width": "the paper's 32"}
     p = data.ArgumentParser(description=description)
-    p.add_argument("--data", help="directory holding the ISPRS files (any layout below it)")
+    p.add_argument("--data", help="directory of the ISPRS files (any layout below it) or of one's own with classes.json")
     p.add_argument("--dataset", choices=data.DATASETS, help="override the detected dataset")
     p.add_argument("--epochs", type=data.positive_int, help=f"epochs to train (default {said['epochs']})")
     p.add_argument("--batch-size", type=data.positive_int, help=f"patches per step and process (default {said['batch_size']})")
@@ -334,11 +335,7 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
     """The training run; returns True when it finished, False when it was stopped (and saved)."""
     log = print if rank == 0 else lambda *a, **k: None
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
-    dataset = args.dataset or data.detect_dataset(args.data)
-    if rank == 0:  # before the long reading: what was found, and whether the test split can be scored
-        data.summarise_splits(args.data, dataset)
-    train_tiles = data.load_split(args.data, "train", dataset)
-    val_tiles = data.load_split(args.data, "val", dataset)
+    dataset, train_tiles, val_tiles, own = own_data.training_tiles(args.data, args.dataset, summarise=rank == 0)
     patches = data.PatchDataset(train_tiles, args.patch, args.samples_per_epoch, args.seed)
     global_batch = args.batch_size * world
     steps_per_epoch = args.samples_per_epoch // global_batch
@@ -352,12 +349,12 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
         writable_dir(out, "--out")
 
     torch.manual_seed(args.seed)
-    net = build_model(args).to(device)
+    net = build_model(args, own).to(device)
     config = net.config
     extension = schedule_extension(checkpoint, args) if checkpoint is not None else None
     optimizer, scheduler = make_optimizer(net, args, steps_per_epoch, extension)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    class_weights = median_frequency_weights(data.class_frequencies(train_tiles)).to(device)
+    class_weights = median_frequency_weights(data.class_frequencies(train_tiles, config.num_classes)).to(device)
 
     state = dict(epoch=0, step_in_epoch=0, global_step=0, best_score=-1.0, epoch_sums={t: 0.0 for t in loss_terms(args)},
                  metrics=[], world=world)
@@ -395,7 +392,7 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
             state=dict(state, train_seconds=seconds),
             architecture=type(net).__name__, config=config_dict(config),
             train_args={k: v for k, v in vars(args).items() if k != "resume"},
-            data=str(Path(args.data).resolve()), dataset=dataset,
+            data=str(Path(args.data).resolve()), dataset=dataset, own_data=own,
         )
 
     log(f"{args.ablation}: {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters, "
@@ -412,7 +409,7 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
                 log(f"{stop.signal}: saved {out / 'last.pt'} at epoch {state['epoch'] + 1}, step "
                     f"{state['step_in_epoch']}; continue with: python train.py --resume {out}")
                 return False
-            row = validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, amp_dtype) if rank == 0 else None
+            row = validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, amp_dtype, own) if rank == 0 else None
             state.update(epoch=state["epoch"] + 1, step_in_epoch=0, epoch_sums={t: 0.0 for t in loss_terms(args)})
             if rank == 0:
                 record_epoch(row, state, args.epochs, out, checkpoint_state)
@@ -428,12 +425,12 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
     return True
 
 
-def validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, amp_dtype):
+def validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, amp_dtype, own=None):
     """Scores the validation tiles in the three scenarios; returns the epoch's metrics row."""
     # Windows without overlap: half the cost of the test-time quarter overlap, and
     # model selection compares epochs with each other, not with the paper.
-    results, _, _ = evaluate_tiles(net, val_tiles, list(SCENARIOS), args.patch, 0,
-                                args.batch_size, device, amp_dtype, progress=False, channels_last=args.channels_last)
+    results, _, _ = evaluate_tiles(net, val_tiles, list(SCENARIOS), args.patch, 0, args.batch_size, device, amp_dtype,
+                                   progress=False, channels_last=args.channels_last, classes=own_data.class_table(own))
     net.train()
     score = float(np.mean([r["mF1"] or 0.0 for r in results.values()]))
     return epoch_row(state, scheduler, results, score, steps_per_epoch)
@@ -454,14 +451,15 @@ def record_epoch(row, state, epochs, out, checkpoint_state):
         save_checkpoint(checkpoint, out / "best.pt")
 
 
-def build_model(args):
-    """The network of --ablation at --width, its positional embeddings sized for --patch."""
+def build_model(args, own=None):
+    """The network of --ablation at --width, positional embeddings sized for --patch; bands and classes of `own`."""
+    sizes = own_data.model_sizes(own)
     if args.ablation in SHASPEC_VARIANTS:
-        return ShaSpec(ShaSpecConfig(width=args.width, pos_size=args.patch, **SHASPEC_VARIANTS[args.ablation]))
+        return ShaSpec(ShaSpecConfig(width=args.width, pos_size=args.patch, **SHASPEC_VARIANTS[args.ablation], **sizes))
     # The authors' recipe constrains 3 levels with Eq. 2: the model pools only those.
     orth_levels = AUTHORS_ORTH_LEVELS if args.recipe == "authors" else None
     return DIS2(DIS2Config(width=args.width, pos_size=args.patch, layout=args.layout, orth_levels=orth_levels,
-                           **ABLATIONS[args.ablation]))
+                           **ABLATIONS[args.ablation], **sizes))
 
 
 def loss_terms(args):
