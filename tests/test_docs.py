@@ -30,6 +30,7 @@ import figures
 import losses
 import predict
 import probe
+import report
 import reproduce
 import runtime
 import synth
@@ -265,7 +266,7 @@ def test_the_results_in_readme_and_reproduction_md_are_the_reproductions_tables(
             scenario = cells[0].strip("*")
         elif line.startswith("| ") and " (" in cells[0]:
             name = cells[0].rsplit(" (", 1)[0]
-            mf1[scenario, name] = cells[reproduce.SCORE_HEADER.index("mF1")]
+            mf1[scenario, name] = cells[report.SCORE_HEADER.index("mF1")]
     # The README's table: a row per scenario, a column per variant, each cell the mF1 of tables.md.
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     lines = [line for line in section(readme, "Results").splitlines() if line.startswith("| ")]
@@ -274,7 +275,7 @@ def test_the_results_in_readme_and_reproduction_md_are_the_reproductions_tables(
     assert len(rows) == 3 and len(columns) >= 2
     for scenario, row in zip(dis2.SCENARIOS, rows):
         cells = [c.strip() for c in row.strip("|").split("|")[1:]]
-        assert cells == [mf1[evaluate.ROW_NAMES[scenario], reproduce.VARIANT_NAMES[v]] for v in columns]
+        assert cells == [mf1[evaluate.ROW_NAMES[scenario], report.VARIANT_NAMES[v]] for v in columns]
 
     # reproduction.md's reading of the 46 runs: its table of P1-P5 is tables.md's, row for row, and every
     # "mean ± seeds / ± seeds and tiles" it quotes (above the retired run) is one of tables.md's.

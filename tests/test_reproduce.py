@@ -10,6 +10,7 @@ from PIL import Image
 import data
 import evaluate
 import figures
+import report
 import reproduce
 import runtime
 import stats
@@ -45,11 +46,11 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
                     "## Table 3 analogue", "## Training: has the loss flattened?", "## The paper's claims"):
         assert tables.count(heading) == 1, heading
     table2 = tables.split("## Table 2 analogue")[1].split("## Paired")[0]
-    for name in reproduce.VARIANT_NAMES.values():
+    for name in report.VARIANT_NAMES.values():
         assert table2.count(f"| {name} (2 seeds) |") == 3, name  # one row per scenario
         assert " ± " in table2
     paired = tables.split("## Paired differences")[1].split("## The two DIS2 layouts")[0]
-    against_hf = [v for v in reproduce.REPRODUCTION if reproduce.baseline(v) == "hf"]
+    against_hf = [v for v in reproduce.REPRODUCTION if report.baseline(v) == "hf"]
     assert len(against_hf) == 7 and paired.count("(n=2)") == 3 * 7 * 2  # every scenario, both clutter protocols
     layouts = tables.split("## The two DIS2 layouts")[1].split("## What moves the margin")[0]
     assert layouts.count("(n=2)") == 3 * 2  # one row per scenario, both protocols
@@ -57,8 +58,8 @@ def test_reproduce_writes_tables_and_figures_and_reuses_finished_runs(tmp_path, 
     assert len(claims) == 9  # beats HF, shrinks the distance (two layouts each), beats each ShaSpec, hardest (three)
     margins = tables.split("## What moves the margin")[1].split("## Table 1's comparison")[0]
     margin_rows = [line for line in margins.splitlines() if line.startswith("| ")]
-    assert sum(row.count("(n=2)") for row in margin_rows) == len(reproduce.MARGINS) * 2 * 2  # two scenarios, protocols
-    assert margins.count("Reading (clutter counted") == 1 and all(f in margins for f in reproduce.MARGIN_FACTORS.values())
+    assert sum(row.count("(n=2)") for row in margin_rows) == len(report.MARGINS) * 2 * 2  # two scenarios, protocols
+    assert margins.count("Reading (clutter counted") == 1 and all(f in margins for f in report.MARGIN_FACTORS.values())
     shaspec = tables.split("## Table 1's comparison: DIS2 minus ShaSpec")[1].split("## Table 3")[0]
     assert shaspec.count("(n=2)") == 3 * 2 * 2  # two ShaSpecs
     primary = tables.split("## The primary questions")[1].split("## Table 1 analogue")[0]
@@ -161,7 +162,7 @@ def test_synthetic_reproduction_scores_fresh_test_tiles_and_retrains_what_is_gon
     # Scored before test.json kept the channel sums of Z: scored again where the checkpoints are, with its
     # sums and the same scores; without checkpoints it stays as it is (claim 2 leaves it out).
     scored = json.loads((run / "test.json").read_text())
-    assert reproduce.has_channel_sums(scored)
+    assert report.has_channel_sums(scored)
     without_sums = {**scored, "per_tile": {t: {k: v for k, v in tile.items() if k != "z_channels"}
                                            for t, tile in scored["per_tile"].items()}}
     for seed_run in (run, gone):
@@ -173,8 +174,8 @@ def test_synthetic_reproduction_scores_fresh_test_tiles_and_retrains_what_is_gon
     printed = capsys.readouterr().out
     assert printed.count("trained and scored already") == 1 and "epoch 1/1 " not in printed  # nothing trained
     rescored = json.loads((run / "test.json").read_text())
-    assert reproduce.has_channel_sums(rescored) and rescored["scores"] == scored["scores"]
-    assert not reproduce.has_channel_sums(json.loads((gone / "test.json").read_text()))
+    assert report.has_channel_sums(rescored) and rescored["scores"] == scored["scores"]
+    assert not report.has_channel_sums(json.loads((gone / "test.json").read_text()))
 
 
 def test_a_calibration_run_trains_only_the_variants_asked_for(tmp_path, capsys):
@@ -272,19 +273,19 @@ def test_margin_reading_says_which_factor_moves_the_margin():
     clutter protocol only is named with its protocol, and "no factor" is said only when none is resolved."""
     noise = stats.Difference(0.5, 5, 2.0, 2.5, 0.7, 0.4)  # interval over seeds and tiles holds 0
     larger = stats.Difference(3.0, 5, 1.0, 1.5, 0.4, 0.3)
-    recipe, budget = reproduce.MARGIN_FACTORS
+    recipe, budget = report.MARGIN_FACTORS
     margins = {p: {recipe: {"missing_rgir": noise, "missing_ndsm": noise},
                    budget: {"missing_rgir": noise, "missing_ndsm": None}} for p in stats.PROTOCOLS}
-    reading = reproduce.margin_reading(margins)
+    reading = report.margin_reading(margins)
     assert "no factor tested moves DIS2 - HF" in reading and "larger" not in reading
     assert "+0.50 ± 2.00 / ± 2.50 (n=5) with the RGIR missing (not resolved)" in reading and "- with the NDSM" in reading
     margins["ignored"][budget]["missing_rgir"] = larger
-    reading = reproduce.margin_reading(margins)
+    reading = report.margin_reading(margins)
     assert "(not resolved with clutter counted; larger with clutter ignored)" in reading
     assert "at least one factor moves DIS2 - HF" in reading
     del margins["counted"][budget], margins["ignored"][budget]
-    assert "twice the budget" not in reproduce.margin_reading(margins)
-    assert reproduce.margin_reading({"counted": {}, "ignored": {}}) == ""
+    assert "twice the budget" not in report.margin_reading(margins)
+    assert report.margin_reading({"counted": {}, "ignored": {}}) == ""
 
 
 def test_primary_family_is_decided_by_holm_and_placed_against_the_paper():
@@ -296,7 +297,7 @@ def test_primary_family_is_decided_by_holm_and_placed_against_the_paper():
     found = {"vs_hf": {"counted": {s: {"dis2": d[s]} for s in d}},
              "shaspec": {"shaspec-authors": {"counted": {"full": difference(0.1, 1.0), "missing_rgir": difference(-3.0, 0.5),
                                                          "missing_ndsm": difference(6.0, 2.0)}}}}
-    family = reproduce.primary_family(found)
+    family = report.primary_family(found)
     assert [row[0] for row in family] == ["P1", "P2", "P3", "P4", "P5"]
     p = [row[4].p for row in family]
     assert p[0] == pytest.approx(0.0031, abs=1e-4) and p[3] < 3e-4 and p[4] == pytest.approx(0.015, abs=1e-3)
@@ -305,10 +306,10 @@ def test_primary_family_is_decided_by_holm_and_placed_against_the_paper():
     assert [row[6] for row in family] == ["smaller than the paper's", "consistent with the paper",
                                           "consistent with the paper", "smaller than the paper's", "consistent with the paper"]
     assert [row[7] for row in family] == pytest.approx([0.05 / 4, 0.05 / 2, 0.05, 0.05 / 5, 0.05 / 3])
-    power = reproduce.primary_power(family)
+    power = report.primary_power(family)
     assert power["P4"]["holm_threshold"] == pytest.approx(0.01)
     assert power["P1"]["power_at_mean"]["5%"] == pytest.approx(family[0][4].power())
     assert power["P1"]["power_at_mean"]["holm"] < power["P1"]["power_at_mean"]["5%"]
     del found["shaspec"]["shaspec-authors"]  # not yet run: P3-P5 count with p = 1
-    assert [row[5] for row in reproduce.primary_family(found)] == ["better", "not resolved", "not resolved",
+    assert [row[5] for row in report.primary_family(found)] == ["better", "not resolved", "not resolved",
                                                                    "not resolved", "not resolved"]

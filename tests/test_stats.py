@@ -10,7 +10,7 @@ import torch
 
 import data
 import evaluate
-import reproduce
+import report
 import stats
 from dis2 import DIS2, DIS2Config, SCENARIOS
 
@@ -135,8 +135,8 @@ def fake_run(mf1_wrong, distance, clutter_as_car=0):
 
 
 def outcome(results, fragment, protocol="counted"):
-    found = reproduce.comparisons(results)
-    return next(o[protocol][0] for statement, o in reproduce.claims(results, found)
+    found = report.comparisons(results)
+    return next(o[protocol][0] for statement, o in report.claims(results, found)
                 if fragment in statement and "per-scenario" not in statement)
 
 
@@ -162,7 +162,7 @@ def test_tables_show_both_protocols_and_the_layout_comparison():
     hf = {s: fake_run({"full": 5, "missing_rgir": 60 + s, "missing_ndsm": 30 + s}, 1.0) for s in range(3)}
     shared = {s: fake_run({"full": 5, "missing_rgir": 40 + s, "missing_ndsm": 20 + s}, 0.5) for s in range(3)}
     per_scenario = {s: fake_run({"full": 5, "missing_rgir": 40 + s, "missing_ndsm": 40 + 2 * s}, 0.5) for s in range(3)}
-    tables = reproduce.tables_markdown({"hf": hf, "dis2": shared, "dis2-per-scenario": per_scenario}, {}, "toy")
+    tables = report.tables_markdown({"hf": hf, "dis2": shared, "dis2-per-scenario": per_scenario}, {}, "toy")
     layouts = tables.split("## The two DIS2 layouts")[1].split("\n## ")[0]
     rows = [line.split(" | ") for line in layouts.splitlines()
             if line.startswith("| ") and "(n=3)" in line]
@@ -198,7 +198,7 @@ def test_relative_distance_ignores_a_rescaling_of_z(dataset):
     run = lambda tiles_: {"per_tile": tiles_}
     for pair in evaluate.DISTANCE_PAIRS:
         assert rescaled[pair] == pytest.approx(0.7 * raw[pair], rel=1e-5)
-        before, after = (reproduce.whole_test_set({0: run(t)}, stats.distance_statistic(pair, True))[0]
+        before, after = (report.whole_test_set({0: run(t)}, stats.distance_statistic(pair, True))[0]
                          for t in (per_tile, rescaled_tiles))
         assert after == pytest.approx(before, rel=1e-5)
 
@@ -213,12 +213,12 @@ def test_standardised_distance_ignores_a_rescaling_of_each_channel_of_z(dataset)
     run = lambda tiles_: {0: {"per_tile": tiles_}}
     for pair in evaluate.DISTANCE_PAIRS:
         assert rescaled[pair] != pytest.approx(raw[pair], rel=0.05)
-        relative = [reproduce.whole_test_set(run(t), stats.distance_statistic(pair, True))[0] for t in (per_tile, rescaled_tiles)]
+        relative = [report.whole_test_set(run(t), stats.distance_statistic(pair, True))[0] for t in (per_tile, rescaled_tiles)]
         assert relative[1] != pytest.approx(relative[0], rel=1e-3)  # moved, if less than the raw one
         assert rescaled["standardised"][pair] == pytest.approx(raw["standardised"][pair], rel=1e-5)
         assert raw["standardised"][pair] > 0
         statistic = stats.standardised_distance_statistic(pair)
-        over_tiles = [reproduce.whole_test_set(run(t), statistic)[0] for t in (per_tile, rescaled_tiles)]
+        over_tiles = [report.whole_test_set(run(t), statistic)[0] for t in (per_tile, rescaled_tiles)]
         assert over_tiles[1] == pytest.approx(over_tiles[0], rel=1e-5)
         assert over_tiles[0] == pytest.approx(raw["standardised"][pair], rel=1e-9)
 

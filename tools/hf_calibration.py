@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
 from evaluate import ROW_NAMES, SCORED  # noqa: E402
-from reproduce import spread  # noqa: E402
+from report import spread  # noqa: E402
 
 LARGE_CLASSES = ("impervious_surface", "building", "low_vegetation", "tree")
 GAP_RATIO = 3  # full minus missing-RGIR mF1 at least this many times full minus missing-NDSM
