@@ -21,10 +21,6 @@ def markdown_table(header, rows):
     return "\n".join(lines)
 
 
-def pct(x):
-    return "-" if x is None else f"{x:.2f}"
-
-
 SCORE_HEADER = ["", *COLUMN_NAMES, "mF1", "mIoU", "OA"]
 VARIANT_NAMES = {"hf": "Hierarchical Fusion (HF)", "hf+cw": "HF + Classwise (CW)", "hf+dlkd": "HF + DLKD",
                  "dis2": "HF + CW + DLKD (DIS2)", "dis2-per-scenario": "DIS2, per-scenario layout (authors')",
