@@ -289,8 +289,8 @@ class ClasswiseAttention(nn.Module):
         alpha = scores.softmax(dim=-1).view(B, -1, h, w)  # (B, K, h, w)
         # Eq. 10: $M_k = \alpha_k F_L$. The softmax weights sum to 1, so we scale by
         # h*w: a uniform alpha_k then leaves F_L unchanged at any patch size.
-        # In fp32 under autocast: see Decoder.forward.
-        m = (h * w) * alpha.float().unsqueeze(2) * f_last.float().unsqueeze(1)  # (B, K, C, h, w)
+        dtype = torch.promote_types(f_last.dtype, torch.float32)  # fp32 under autocast: see Decoder.forward
+        m = (h * w) * alpha.to(dtype).unsqueeze(2) * f_last.to(dtype).unsqueeze(1)  # (B, K, C, h, w)
         return m.flatten(1, 2), alpha  # (B, K*C, h, w): class k owns channels [k*C, (k+1)*C)
 
 
@@ -334,7 +334,7 @@ class Decoder(nn.Module):
         # In fp32 under autocast: M_k is F_L scaled by h*w (Eq. 10), beyond fp16's range (65504) at
         # 512x512 once alpha_k |F_L| > 64; the batch norm after this convolution brings it back.
         with torch.autocast(x.device.type, enabled=False):
-            d = self.first(x.float())  # (B, K*d, H/16, W/16)
+            d = self.first(x.to(torch.promote_types(x.dtype, torch.float32)))  # (B, K*d, H/16, W/16)
         decoded = [d]
         for level, f in zip(reversed(self.levels), reversed(fused[:-1])):
             # Eq. 11, l < L: $D_k^l = \phi_k^l([F_l, \mathrm{Up}(D_k^{l+1})])$

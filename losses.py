@@ -24,6 +24,12 @@ RECIPES = ("paper", "authors")
 AUTHORS_ORTH_LEVELS = 3
 
 
+def at_least_fp32(x):
+    """x in float32 where autocast left it in fp16 or bf16; float32 and float64
+    stay as they are (a model in float64 computes its losses in float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def orthogonal_loss(dist, supp):
     """Eq. 2, for one modality: `dist` and `supp` are equal-length sequences
     (one entry per level) of pooled Distinct and Supplement features (B, D).
@@ -32,7 +38,8 @@ def orthogonal_loss(dist, supp):
         raise ValueError(f"orthogonal_loss needs one Supplement feature per Distinct feature, got {len(dist)} and {len(supp)}")
     # Eq. 2: $L_{orth} = \sum_i \frac{1}{N} \sum_j
     #         \left(\frac{x_{ij} \cdot x'_{ij}}{\|x_{ij}\| \|x'_{ij}\|}\right)^2$
-    return sum(F.cosine_similarity(x.float(), x_supp.float(), dim=1).pow(2).mean() for x, x_supp in zip(dist, supp))
+    return sum(F.cosine_similarity(at_least_fp32(x), at_least_fp32(x_supp), dim=1).pow(2).mean()
+               for x, x_supp in zip(dist, supp))
 
 
 def feature_distillation_loss(student, teacher, normalise=False):
@@ -46,7 +53,7 @@ def feature_distillation_loss(student, teacher, normalise=False):
     unit = (lambda x: F.normalize(x, p=2, dim=1, eps=1e-6)) if normalise else (lambda x: x)
     # Eq. 4: $L_{distill}^{feat} = \sum_i \|F_i^{miss} - \mathrm{sg}(F_i^{full})\|^2
     #                            + \|Z^{miss} - \mathrm{sg}(Z^{full})\|^2$
-    return sum(F.mse_loss(unit(s.float()), unit(t.detach().float())) for s, t in zip(student, teacher))
+    return sum(F.mse_loss(unit(at_least_fp32(s)), unit(at_least_fp32(t.detach()))) for s, t in zip(student, teacher))
 
 
 def logit_distillation_loss(student_logits, teacher_logits, temperature=2.0, class_mean=False):
@@ -56,8 +63,8 @@ def logit_distillation_loss(student_logits, teacher_logits, temperature=2.0, cla
     independent of T (Hinton et al.). With `class_mean` (the authors' recipe)
     the sum over the classes becomes a mean: K times smaller."""
     T = temperature
-    log_p_student = F.log_softmax(student_logits.float() / T, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits.detach().float() / T, dim=1)
+    log_p_student = F.log_softmax(at_least_fp32(student_logits) / T, dim=1)
+    log_p_teacher = F.log_softmax(at_least_fp32(teacher_logits.detach()) / T, dim=1)
     # Eq. 5: $L_{distill}^{logit} = T^2 \mathrm{KL}(\mathrm{soft}(z^{full} / T) \| \mathrm{log\_soft}(z^{miss} / T))$
     kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="none")
     kl = kl.mean(dim=1) if class_mean else kl.sum(dim=1)
@@ -95,13 +102,14 @@ def dice_loss(logits, target, ignore_index=IGNORE_INDEX, smooth=1.0):
     """Soft multi-class Dice loss per image, 1 - mean_c Dice_c, with the Dice
     of class c over the image's pixels that are not `ignore_index`; averaged
     over the batch."""
-    return dice_from_log_probs(F.log_softmax(logits.float(), dim=1), *labelled(target, ignore_index), smooth)
+    return dice_from_log_probs(F.log_softmax(at_least_fp32(logits), dim=1), *labelled(target, ignore_index), smooth)
 
 
 def cross_entropy(logits, target, class_weights=None, ignore_index=IGNORE_INDEX):
     """Class-weighted cross entropy per image, the weighted mean over its
     pixels that are not `ignore_index` (0 when all are); averaged over the batch."""
-    return cross_entropy_from_log_probs(F.log_softmax(logits.float(), dim=1), *labelled(target, ignore_index), class_weights)
+    log_probs = F.log_softmax(at_least_fp32(logits), dim=1)
+    return cross_entropy_from_log_probs(log_probs, *labelled(target, ignore_index), class_weights)
 
 
 def segmentation_loss(logits, target, class_weights=None, ignore_index=IGNORE_INDEX):
@@ -109,7 +117,7 @@ def segmentation_loss(logits, target, class_weights=None, ignore_index=IGNORE_IN
     log-softmax. Both are taken per image and averaged over the batch, like
     every loss here, so a batch split over several processes (torchrun)
     gives the same gradient."""
-    log_probs = F.log_softmax(logits.float(), dim=1)
+    log_probs = F.log_softmax(at_least_fp32(logits), dim=1)
     target, valid = labelled(target, ignore_index)
     return cross_entropy_from_log_probs(log_probs, target, valid, class_weights) + dice_from_log_probs(log_probs, target, valid)
 
@@ -139,7 +147,7 @@ def dis2_loss(full, miss, target, missing, class_weights=None, temperature=2.0, 
     authors = recipe == "authors"
     seg = lambda logits: segmentation_loss(logits, target, class_weights)
     available = OTHER[missing]
-    zero = full.logits.new_zeros((), dtype=torch.float32)
+    zero = at_least_fp32(full.logits.new_zeros(()))
     terms = dict(seg_full=seg(full.logits), seg_miss=seg(miss.logits), orth=zero, distill_feat=zero, distill_logit=zero)
     if miss.branch_pooled:
         levels = slice(AUTHORS_ORTH_LEVELS) if authors else slice(None)
