@@ -13,7 +13,7 @@ near 0 on the other side of a ReLU now and then; that sample's gradient at
 that position appears or vanishes, and three steps at a learning rate of 0.1
 carry it to 1e-2 of a weight. Which configuration it hits depends on the CPU
 and the seed. In float64 the roundings are 1e-16 and no ReLU flips, so one
-and two processes agree to 1e-10 and a real difference (a statistic of one
+and two processes agree to 1e-12 and a real difference (a statistic of one
 process's half of the batch) stands out.
 
     python -m torch.distributed.run --nproc_per_node=2 tests/ddp_variants.py OUT_DIR
