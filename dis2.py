@@ -280,8 +280,8 @@ class ClasswiseAttention(nn.Module):
         alpha = scores.softmax(dim=-1).view(B, -1, h, w)  # (B, K, h, w), softmax over the h*w
         # Eq. 10: $\mathbf{M}_k = \alpha_k \mathbf{F}_L$. The softmax weights sum to 1, so we scale
         # by h*w: a uniform $\alpha_k$ then leaves $\mathbf{F}_L$ unchanged at any patch size.
-        # In fp32 under autocast: see Decoder.forward.
-        m = (h * w) * alpha.float().unsqueeze(2) * f_last.float().unsqueeze(1)  # (B, K, C, h, w)
+        dtype = torch.promote_types(f_last.dtype, torch.float32)  # fp32 under autocast, see Decoder
+        m = (h * w) * alpha.to(dtype).unsqueeze(2) * f_last.to(dtype).unsqueeze(1)  # (B,K,C,h,w)
         return m.flatten(1, 2), alpha  # (B, K*C, h, w): class k owns channels [k*C, (k+1)*C)
 
 
@@ -326,7 +326,7 @@ class Decoder(nn.Module):
         # fp16's range (65504) at 512x512 once $\alpha_k |\mathbf{F}_L| > 64$; the batch norm after
         # this convolution brings it back.
         with torch.autocast(x.device.type, enabled=False):
-            d = self.first(x.float())  # (B, K*d, H/16, W/16)
+            d = self.first(x.to(torch.promote_types(x.dtype, torch.float32)))  # (B, K*d, h, w)
         decoded = [d]
         for level, f in zip(reversed(self.levels), reversed(fused[:-1])):
             # Eq. 11, l < L: $\mathbf{D}_k^l = \phi_k^l([\mathbf{F}_l,

@@ -14,6 +14,7 @@ import torch.distributed.nn as dist_nn
 import torch.nn as nn
 
 from dis2 import ScenarioBatchNorm2d
+from losses import at_least_fp32
 
 
 def setup_distributed(device):
@@ -46,7 +47,7 @@ def synchronised_batch_norm(x, running_mean, running_var, weight, bias, momentum
     processes: the per-channel sums are all-reduced with autograd, so the
     backward pass is synchronised too. Updates the running statistics."""
     C = x.shape[1]
-    xf = x.float()
+    xf = at_least_fp32(x)
     n = x.numel() / C
     # Var = E[x^2] - mean^2 cancels catastrophically in float32 for a channel whose mean is large
     # against its spread (it can even turn negative). Each process centres its own sum of squares,
@@ -59,7 +60,7 @@ def synchronised_batch_norm(x, running_mean, running_var, weight, bias, momentum
     count = total[-1]
     mean = total[:C] / count
     var = (total[C : 2 * C] / count - mean * mean).clamp_min(0)
-    count, mean, var = count.float(), mean.float(), var.float()
+    count, mean, var = count.to(xf.dtype), mean.to(xf.dtype), var.to(xf.dtype)
     with torch.no_grad():
         running_mean.lerp_(mean, momentum)
         running_var.lerp_(var * count / (count - 1), momentum)
@@ -92,7 +93,8 @@ class SyncScenarioBatchNorm2d(ScenarioBatchNorm2d):
 
 def synchronise_batch_norm(module, plain=True):
     """Replaces every ScenarioBatchNorm2d by a SyncScenarioBatchNorm2d and,
-    with `plain`, every BatchNorm2d by a CPUSyncBatchNorm, with the same state."""
+    with `plain`, every BatchNorm2d by a CPUSyncBatchNorm, with the same state,
+    device and precision."""
     for name, child in module.named_children():
         if isinstance(child, ScenarioBatchNorm2d):
             synced = SyncScenarioBatchNorm2d(child.weight.numel(), child.scenarios, child.momentum, child.eps)
@@ -101,6 +103,7 @@ def synchronise_batch_norm(module, plain=True):
         else:
             synchronise_batch_norm(child, plain)
             continue
+        synced = synced.to(child.weight.device, child.weight.dtype)  # before the state: float32 would round it
         synced.load_state_dict(child.state_dict())
-        setattr(module, name, synced.to(child.weight.device))
+        setattr(module, name, synced)
     return module

@@ -30,6 +30,12 @@ RECIPES = ("paper", "authors")
 AUTHORS_ORTH_LEVELS = 3
 
 
+def at_least_fp32(x):
+    """x in float32 where autocast left it in fp16 or bf16; float32 and float64
+    stay as they are (a model in float64 computes its losses in float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def orthogonal_loss(dist, supp):
     """Eq. 2, for one modality: `dist` and `supp` are equal-length sequences (one entry per level)
     of pooled Distinct and Supplement features (B, D). The cosine is taken on the raw features, so
@@ -40,7 +46,7 @@ def orthogonal_loss(dist, supp):
     # Eq. 2: $\mathcal{L}_{\mathrm{orth}} = \sum_{i=1}^{L} \frac{1}{N} \sum_{j=1}^{N}
     #   \left(\frac{\mathbf{x}_{ij}^m \cdot \mathbf{x}'^m_{ij}}
     #   {\|\mathbf{x}_{ij}^m\|_2 \|\mathbf{x}'^m_{ij}\|_2}\right)^2$
-    return sum(F.cosine_similarity(x.float(), x_supp.float(), dim=1).pow(2).mean()
+    return sum(F.cosine_similarity(at_least_fp32(x), at_least_fp32(x_supp), dim=1).pow(2).mean()
                for x, x_supp in zip(dist, supp))
 
 
@@ -57,7 +63,7 @@ def feature_distillation_loss(student, teacher, normalise=False):
     # Eq. 4: $\mathcal{L}_{\mathrm{distill}}^{\mathrm{feat}} = \sum_{i=1}^{L}
     #   \|\mathbf{F}_i^{\mathrm{miss}} - \mathrm{sg}(\mathbf{F}_i^{\mathrm{full}})\|_2^2
     #   + \|\mathbf{Z}^{\mathrm{miss}} - \mathrm{sg}(\mathbf{Z}^{\mathrm{full}})\|_2^2$
-    return sum(F.mse_loss(unit(s.float()), unit(t.detach().float()))
+    return sum(F.mse_loss(unit(at_least_fp32(s)), unit(at_least_fp32(t.detach())))
                for s, t in zip(student, teacher))
 
 
@@ -67,8 +73,8 @@ def logit_distillation_loss(student_logits, teacher_logits, temperature=2.0, cla
     gradient scale independent of T (Hinton et al.). With `class_mean` (the authors' recipe) the sum
     over the classes becomes a mean: K times smaller."""
     T = temperature
-    log_p_student = F.log_softmax(student_logits.float() / T, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits.detach().float() / T, dim=1)
+    log_p_student = F.log_softmax(at_least_fp32(student_logits) / T, dim=1)
+    log_p_teacher = F.log_softmax(at_least_fp32(teacher_logits.detach()) / T, dim=1)
     # Eq. 5: $\mathcal{L}_{\mathrm{distill}}^{\mathrm{logit}} = T^2 \times \mathrm{KL}\left(
     #   \mathrm{soft}\left(\frac{\mathbf{z}^{\mathrm{full}}}{T}\right) \,\middle\|\,
     #   \mathrm{log\_soft}\left(\frac{\mathbf{z}^{\mathrm{miss}}}{T}\right)\right)$
@@ -108,14 +114,14 @@ def cross_entropy_from_log_probs(log_probs, target, valid, class_weights=None):
 def dice_loss(logits, target, ignore_index=IGNORE_INDEX, smooth=1.0):
     r"""Soft multi-class Dice loss per image, $1 - \mathrm{mean}_c \mathrm{Dice}_c$, with the Dice
     of class c over the image's pixels that are not `ignore_index`; averaged over the batch."""
-    return dice_from_log_probs(F.log_softmax(logits.float(), dim=1),
+    return dice_from_log_probs(F.log_softmax(at_least_fp32(logits), dim=1),
                                *labelled(target, ignore_index), smooth)
 
 
 def cross_entropy(logits, target, class_weights=None, ignore_index=IGNORE_INDEX):
     """Class-weighted cross entropy per image, the weighted mean over its pixels that are not
     `ignore_index` (0 when all are); averaged over the batch."""
-    return cross_entropy_from_log_probs(F.log_softmax(logits.float(), dim=1),
+    return cross_entropy_from_log_probs(F.log_softmax(at_least_fp32(logits), dim=1),
                                         *labelled(target, ignore_index), class_weights)
 
 
@@ -123,7 +129,7 @@ def segmentation_loss(logits, target, class_weights=None, ignore_index=IGNORE_IN
     r"""$\mathcal{L}_{\mathrm{seg}}$ of Section 3.3: weighted cross entropy plus Dice, from one
     log-softmax. Both are taken per image and averaged over the batch, like every loss here, so a
     batch split over several processes (torchrun) gives the same gradient."""
-    log_probs = F.log_softmax(logits.float(), dim=1)
+    log_probs = F.log_softmax(at_least_fp32(logits), dim=1)
     target, valid = labelled(target, ignore_index)
     return (cross_entropy_from_log_probs(log_probs, target, valid, class_weights)
             + dice_from_log_probs(log_probs, target, valid))
@@ -154,7 +160,7 @@ def dis2_loss(full, miss, target, missing, class_weights=None, temperature=2.0, 
     authors = recipe == "authors"
     seg = lambda logits: segmentation_loss(logits, target, class_weights)
     available = OTHER[missing]
-    zero = full.logits.new_zeros((), dtype=torch.float32)
+    zero = at_least_fp32(full.logits.new_zeros(()))
     terms = dict(seg_full=seg(full.logits), seg_miss=seg(miss.logits), orth=zero, distill_feat=zero,
                  distill_logit=zero)
     if miss.branch_pooled:

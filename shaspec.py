@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from dis2 import (ABLATIONS, DIS2, MODALITIES, OTHER, SCENARIOS, DIS2Config, Encoder, FusionDecoder,
                   ScenarioBatchNorm2d, exists)
-from losses import segmentation_loss
+from losses import at_least_fp32, segmentation_loss
 
 SHASPEC_TERMS = ("seg_full", "seg_miss", "aux", "align", "domain")  # the keys of shaspec_loss's terms, in order
 ALIGNMENTS = ("levels", "authors")  # ShaSpecConfig.alignment
@@ -268,17 +268,17 @@ def alignment_loss(shared_a, shared_b, form="levels"):
     which for our two modalities counts the pair twice."""
     if form == "authors":
         # ShaSpec, DAO as the authors compute it: l_DAO = sum_m mean |r_L^m - r_L^(m+1 mod M)|, M = 2
-        shared = (shared_a[-1].float(), shared_b[-1].float())
+        shared = (at_least_fp32(shared_a[-1]), at_least_fp32(shared_b[-1]))
         return sum(F.l1_loss(shared[m], shared[(m + 1) % 2]) for m in range(2))
     # ShaSpec, DAO: l_DAO = 1/L sum_i mean |r_i^rgir - r_i^ndsm|
-    return sum(F.l1_loss(a.float(), b.float()) for a, b in zip(shared_a, shared_b)) / len(shared_a)
+    return sum(F.l1_loss(at_least_fp32(a), at_least_fp32(b)) for a, b in zip(shared_a, shared_b)) / len(shared_a)
 
 
 def domain_loss(domain_logits):
     """ShaSpec's domain classification objective: cross entropy of the domain
     classifier's logits against the modality each sample's specific features
     came from (class i is MODALITIES[i]), averaged over all the samples."""
-    logits = torch.cat([domain_logits[m] for m in MODALITIES]).float()  # (M*B, M)
+    logits = at_least_fp32(torch.cat([domain_logits[m] for m in MODALITIES]))  # (M*B, M)
     labels = torch.cat([torch.full((len(domain_logits[m]),), i, device=logits.device)
                         for i, m in enumerate(MODALITIES)])
     # ShaSpec, DCO: l_DCO = -mean_j log softmax(f_dom(pool(s_j)))[modality of j]

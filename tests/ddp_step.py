@@ -1,5 +1,7 @@
 """One training step of train.py's code on a fixed global batch, in one process
-or under torchrun; saves the gradients (rank 0). Used by test_distributed.py."""
+or under torchrun; saves the gradients (rank 0). Used by test_distributed.py.
+In float64, as tests/ddp_variants.py says why: in float32 one and two
+processes may differ by a ReLU that rounding puts on either side of 0."""
 
 import sys
 
@@ -12,6 +14,7 @@ import train
 from dis2 import DIS2, DIS2Config
 
 GLOBAL_BATCH, PATCH = 4, 32
+DTYPE = torch.float64
 
 
 def tiles():
@@ -26,7 +29,7 @@ def tiles():
 def main(out_path, missing):
     device, rank, world = distributed.setup_distributed(torch.device("cpu"))
     torch.manual_seed(0)
-    net = DIS2(DIS2Config(width=4, embed_dim=16, heads=2, depth=1, class_width=2, pos_size=PATCH))
+    net = DIS2(DIS2Config(width=4, embed_dim=16, heads=2, depth=1, class_width=2, pos_size=PATCH)).to(DTYPE)
     model = train.wrap_model(net, device, world)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -36,7 +39,8 @@ def main(out_path, missing):
     loader = train.epoch_loader(patches, state, GLOBAL_BATCH // world, 1, rank, world, 0, device)
     rgir, ndsm, label = next(iter(loader))
     model.train()
-    train.train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label, missing, torch.linspace(0.5, 2, 6), None, world)
+    train.train_step(model, optimizer, scheduler, scaler, rgir.to(DTYPE), ndsm.to(DTYPE), label, missing,
+                     torch.linspace(0.5, 2, 6, dtype=DTYPE), None, world)
     if rank == 0:
         torch.save({name: p.grad for name, p in net.named_parameters()}, out_path)
     return world

@@ -6,6 +6,16 @@ test_distributed.py: under DistributedDataParallel a forward output that
 carries gradient but enters no loss ends the second step, and the processes'
 weights must stay identical.
 
+In float64 (the model, the patches and the class weights): two processes
+round differently from one (batch-norm sums over their halves, kernels for
+half the batch), and in float32 a rounding of 1e-6 puts a pre-activation
+near 0 on the other side of a ReLU now and then; that sample's gradient at
+that position appears or vanishes, and three steps at a learning rate of 0.1
+carry it to 1e-2 of a weight. Which configuration it hits depends on the CPU
+and the seed. In float64 the roundings are 1e-16 and no ReLU flips, so one
+and two processes agree to 1e-12 and a real difference (a statistic of one
+process's half of the batch) stands out.
+
     python -m torch.distributed.run --nproc_per_node=2 tests/ddp_variants.py OUT_DIR
 """
 
@@ -23,6 +33,7 @@ from losses import RECIPES
 import data
 
 STEPS = 3
+DTYPE = torch.float64
 MISSING = ("rgir", "ndsm", "rgir")  # both missing scenarios within the three steps
 
 
@@ -39,7 +50,7 @@ def configurations():
 def train_configuration(flags, device, rank, world):
     args = argparse.Namespace(width=4, patch=PATCH, seed=0, **flags)
     torch.manual_seed(0)
-    net = train.build_model(args)
+    net = train.build_model(args).to(DTYPE)
     model = train.wrap_model(net, device, world)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -50,8 +61,8 @@ def train_configuration(flags, device, rank, world):
     model.train()
     for step, ((rgir, ndsm, label), missing) in enumerate(zip(loader, MISSING)):
         loss_fn = train.objective(args, net.config, step, STEPS)
-        train.train_step(model, optimizer, scheduler, scaler, rgir, ndsm, label, missing, torch.linspace(0.5, 2, 6),
-                         None, world, loss_fn=loss_fn)
+        train.train_step(model, optimizer, scheduler, scaler, rgir.to(DTYPE), ndsm.to(DTYPE), label, missing,
+                         torch.linspace(0.5, 2, 6, dtype=DTYPE), None, world, loss_fn=loss_fn)
     return {name: p.detach().clone() for name, p in net.named_parameters()}
 
 
