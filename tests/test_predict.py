@@ -14,6 +14,7 @@ from PIL import Image
 import data
 import raster
 import evaluate
+import geotiff
 import predict as predict_py
 import runtime
 from dis2 import DIS2, DIS2Config
@@ -217,8 +218,8 @@ def test_strips_give_the_whole_image_result(model):
     rgir, ndsm = scene(height=150, width=70)
 
     def run(batch_size):
-        strips = list(predict_py.predict_strips(model, rgir, ndsm, PATCH, PATCH // 4, batch_size, CPU, None,
-                                              probabilities=True, attention=True))
+        settings = predict_py.Settings(model, PATCH, PATCH // 4, batch_size, CPU, probabilities=True, attention=True)
+        strips = list(predict_py.predict_strips(settings, rgir, ndsm))
         return len(strips), {key: np.concatenate([strip[key] for strip in strips]) for key in strips[0]}
 
     count, streamed = run(batch_size=2)
@@ -335,14 +336,14 @@ def test_a_bad_area_in_a_folder_is_said_and_the_others_are_predicted(checkpoint,
 def test_a_failed_write_in_a_folder_fails_that_area_only(checkpoint, tmp_path, capsys, monkeypatch):
     for name, seed in (("a", 0), ("b", 1)):
         write_pair(tmp_path, *scene(seed=seed), name=name)
-    commit = predict_py.StripWriter.commit
+    commit = geotiff.StripWriter.commit
 
     def disk_full_for_a(writer):
         if writer.path.name.startswith("a_"):
             raise OSError(28, "No space left on device")
         commit(writer)
 
-    monkeypatch.setattr(predict_py.StripWriter, "commit", disk_full_for_a)
+    monkeypatch.setattr(geotiff.StripWriter, "commit", disk_full_for_a)
     with pytest.raises(SystemExit) as stop:
         predict("--out", tmp_path / "out", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
                 "--checkpoint", checkpoint)
@@ -391,7 +392,7 @@ def test_a_failed_write_leaves_no_partial_output(checkpoint, tmp_path, capsys, m
         if len(written) == 3:
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(predict_py.StripWriter, "write", disk_full_on_the_third_strip)
+    monkeypatch.setattr(geotiff.StripWriter, "write", disk_full_on_the_third_strip)
     line = refused(capsys, "--out", tmp_path / "out", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint,
                    "--probabilities")
     assert "No space left on device" in line
@@ -408,7 +409,7 @@ def test_a_failed_set_up_of_an_output_leaves_no_partial_file(checkpoint, tmp_pat
             raise OSError(24, "Too many open files")
         return open(path, mode)
 
-    monkeypatch.setattr(predict_py, "open", too_many_open_files_at_the_second, raising=False)
+    monkeypatch.setattr(geotiff, "open", too_many_open_files_at_the_second, raising=False)
     line = refused(capsys, "--out", tmp_path / "out", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint,
                    "--probabilities")
     assert "Too many open files" in line and len(opened) == 2

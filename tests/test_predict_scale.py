@@ -10,6 +10,7 @@ import pytest
 import tifffile
 import torch
 
+import geotiff
 import predict as predict_py
 import raster
 import runtime
@@ -121,25 +122,26 @@ def test_a_rerun_predicts_only_the_areas_without_complete_outputs(checkpoint, tm
 
 def test_halving_keeps_the_common_class_and_averages_probabilities():
     ids = np.array([[1, 2, 5], [2, 3, 5], [4, 4, 4]], np.uint8)[..., None]
-    np.testing.assert_array_equal(predict_py.halved(ids, "mode")[..., 0], [[2, 5], [4, 4]])
+    np.testing.assert_array_equal(geotiff.halved(ids, "mode")[..., 0], [[2, 5], [4, 4]])
     tie = np.array([[1, 2], [3, 4]], np.uint8)[..., None]
-    assert predict_py.halved(tie, "mode")[0, 0, 0] == 1  # no value shared: the top-left one
+    assert geotiff.halved(tie, "mode")[0, 0, 0] == 1  # no value shared: the top-left one
     colours = np.array([[[9, 0, 0], [0, 9, 0]], [[0, 9, 0], [9, 0, 0]]], np.uint8)  # a pixel's bands go together
-    np.testing.assert_array_equal(predict_py.halved(colours, "mode"), [[[9, 0, 0]]])
-    np.testing.assert_array_equal(predict_py.halved(ids, "mean")[..., 0], [[2, 5], [4, 4]])
+    np.testing.assert_array_equal(geotiff.halved(colours, "mode"), [[[9, 0, 0]]])
+    np.testing.assert_array_equal(geotiff.halved(ids, "mean")[..., 0], [[2, 5], [4, 4]])
     halves = np.array([[0, 1]], np.uint8)[..., None]
-    assert predict_py.halved(halves, "mean")[0, 0, 0] == 1  # 0.5 rounded half up
+    assert geotiff.halved(halves, "mean")[0, 0, 0] == 1  # 0.5 rounded half up
     floats = np.arange(6, dtype=np.float32).reshape(2, 3, 1)  # the odd last column pairs with itself: 2, 5
-    np.testing.assert_allclose(predict_py.halved(floats, "mean")[..., 0], [[2, 3.5]])
+    np.testing.assert_allclose(geotiff.halved(floats, "mean")[..., 0], [[2, 3.5]])
 
 
 def test_outputs_are_tiled_compressed_with_overviews_and_read_back(checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setattr(predict_py, "TILE", 16)  # overviews for a small image
+    monkeypatch.setattr(geotiff, "TILE", 16)  # overviews for a small image
     write_area(tmp_path, "a", 0)
     predict("--out", tmp_path / "out", "--rgir", tmp_path / "rgir" / "a.tif", "--ndsm", tmp_path / "ndsm" / "a.tif",
             "--checkpoint", checkpoint, "--probabilities", "--attention", "--scenario-map")
-    strips = list(predict_py.predict_strips(runtime_model(checkpoint), *scene(HEIGHT, WIDTH, 0), PATCH, PATCH // 4, 3,
-                                            CPU, None, probabilities=True, attention=True))
+    settings = predict_py.Settings(runtime_model(checkpoint), PATCH, PATCH // 4, 3, CPU, probabilities=True,
+                                   attention=True)
+    strips = list(predict_py.predict_strips(settings, *scene(HEIGHT, WIDTH, 0)))
     expected = {key: np.concatenate([strip[key] for strip in strips]) for key in strips[0]}
     expected["probabilities"] = np.rint(255 * expected["probabilities"]).astype(np.uint8)
     for kind in ("labels", "probabilities", "attention", "scenario"):
@@ -158,7 +160,7 @@ def test_outputs_are_tiled_compressed_with_overviews_and_read_back(checkpoint, t
         else:
             np.testing.assert_array_equal(full, expected[kind])
         reduce = "mean" if kind in ("probabilities", "attention") else "mode"
-        halves = predict_py.halved(full if full.ndim == 3 else full[..., None], reduce)
+        halves = geotiff.halved(full if full.ndim == 3 else full[..., None], reduce)
         np.testing.assert_array_equal(overview, halves.reshape(overview.shape))
     with tifffile.TiffFile(tmp_path / "out" / "a_labels.tif") as tiff:
         assert all(page.colormap is not None for page in tiff.pages)
@@ -192,7 +194,7 @@ def test_a_folder_gets_a_mosaic_that_leaves_out_another_coordinate_system(checkp
 
 @pytest.mark.skipif(not shutil.which("gdalinfo"), reason="GDAL's gdalinfo is not installed")
 def test_gdal_reads_the_outputs_with_their_overviews(checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setattr(predict_py, "TILE", 16)
+    monkeypatch.setattr(geotiff, "TILE", 16)
     write_area(tmp_path, "a", 0)
     predict("--out", tmp_path / "out", "--rgir", tmp_path / "rgir" / "a.tif", "--checkpoint", checkpoint,
             "--probabilities")
@@ -224,9 +226,9 @@ def test_full_batches_feed_the_model_one_batch_size_and_change_no_label(checkpoi
     rgir_valid = np.ones((HEIGHT, WIDTH), bool)
     rgir_valid[:, :40] = False  # two scenarios, each on its share of some batches
     run = lambda m: np.concatenate([strip["labels"] for strip in predict_py.predict_strips(
-        m, rgir, ndsm, PATCH, PATCH // 4, 4, CPU, None, rgir_valid=rgir_valid)])
+        predict_py.Settings(m, PATCH, PATCH // 4, 4, CPU), rgir, ndsm, rgir_valid)])
     plain = run(Recorded())
     assert len(set(seen)) > 1  # batches of several sizes
     seen.clear()
-    np.testing.assert_array_equal(run(predict_py.FullBatches(Recorded(), 4)), plain)
+    np.testing.assert_array_equal(run(runtime.FullBatches(Recorded(), 4)), plain)
     assert set(seen) == {4}
