@@ -20,10 +20,6 @@ import torch.nn as nn
 from data import DataError, one_line
 from dis2 import ScenarioBatchNorm2d
 
-# A collective that waits longer than this is a hang; rank 0's validation, which the others wait
-# for at a barrier, takes minutes at the paper's sizes.
-COLLECTIVE_TIMEOUT = timedelta(minutes=30)
-
 
 def setup_distributed(device):
     """Under torchrun (RANK, LOCAL_RANK and WORLD_SIZE set): one process per GPU
@@ -33,7 +29,9 @@ def setup_distributed(device):
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
+    # A collective that waits longer than this is a hang; rank 0's validation, which the others wait
+    # for at a barrier, takes minutes at the paper's sizes.
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
     return device, dist.get_rank(), dist.get_world_size()
 
 
@@ -80,8 +78,8 @@ def first_process_value(value, world):
 
 
 # Work of very uneven sizes (the areas of a city) shared out with no collective after the start, so none can
-# time out: each process claims the next item nobody has by creating its claim file (creation is exclusive,
-# on one machine and on NFS alike), and reports how it went in a result file, which the first process waits for.
+# time out: each process claims the next item nobody has by creating its claim file (an exclusive create, on a
+# local disk and on NFS v3 or later), and reports how it went in a result file, which the first process waits for.
 
 
 def claim(folder, name) -> bool:

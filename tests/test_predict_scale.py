@@ -1,9 +1,14 @@
 """predict.py for a city: torchrun shares the areas out, reruns skip finished areas, outputs are tiled and
 compressed with overviews, and a folder gets a VRT mosaic of each output."""
 
+import os
+import re
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +20,7 @@ import predict as predict_py
 import raster
 import runtime
 from test_distributed import torchrun
-from test_predict import CPU, GEOREFERENCE, PATCH, files, predict, scene, tiny_checkpoint
+from test_predict import CPU, GEOREFERENCE, PATCH, ROOT, files, predict, scene, tiny_checkpoint
 
 HEIGHT, WIDTH = 75, 93
 
@@ -25,11 +30,14 @@ def checkpoint(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny.pt")
 
 
-def georeferenced(x, y, epsg=32632):
-    """GEOREFERENCE with the top-left corner at (x, y) metres, in UTM zone 32N (or another EPSG code)."""
+def georeferenced(x, y, epsg=32632, pixel=0.09, point=False):
+    """GEOREFERENCE with the top-left corner at (x, y) metres, in UTM zone 32N (or another EPSG code, 32767:
+    user-defined), pixels of `pixel` metres; `point`: PixelIsPoint, (x, y) the top-left pixel's centre."""
     tags = dict((tag[0], tag) for tag in GEOREFERENCE)
     keys = list(tags[34735][3])
     keys[-1] = epsg  # ProjectedCSTypeGeoKey, the directory's last key
+    keys[11] = 2 if point else 1  # GTRasterTypeGeoKey: 1 PixelIsArea, 2 PixelIsPoint
+    tags[33550] = (33550, "d", 3, (pixel, pixel, 0.0), True)
     tags[33922] = (33922, "d", 6, (0.0, 0.0, 0.0, x, y, 0.0), True)
     tags[34735] = (34735, "H", 16, tuple(keys), True)
     return list(tags.values())
@@ -39,13 +47,17 @@ def runtime_model(checkpoint):
     return runtime.model_from_checkpoint(runtime.load_checkpoint(checkpoint), CPU)
 
 
-def write_area(root, name, seed, x=497000.0, y=5420000.0, epsg=32632):
-    """root/rgir/<name>.tif (IRRG) and root/ndsm/<name>.tif with their top-left corner at (x, y)."""
+def write_area(root, name, seed, x=497000.0, y=5420000.0, epsg=32632, tags=None, collar=0):
+    """root/rgir/<name>.tif (IRRG) and root/ndsm/<name>.tif with their top-left corner at (x, y) (or `tags`), their
+    first `collar` columns without data in either (0 in the orthophoto, --rgir-nodata 0; NaN in the NDSM)."""
     rgir, ndsm = scene(HEIGHT, WIDTH, seed)
+    if collar:
+        rgir[:, :collar] = 0
+        ndsm = np.where(np.arange(WIDTH) < collar, np.float32(np.nan), ndsm.astype(np.float32) / 10)
     for folder, image, photometric in (("rgir", rgir, "rgb"), ("ndsm", ndsm, "minisblack")):
         (root / folder).mkdir(exist_ok=True)
         tifffile.imwrite(root / folder / f"{name}.tif", image, photometric=photometric,
-                         extratags=georeferenced(x, y, epsg))
+                         extratags=georeferenced(x, y, epsg) if tags is None else tags)
 
 
 def folder(root, out, checkpoint, *flags):
@@ -63,9 +75,9 @@ def test_two_processes_write_the_areas_of_one(checkpoint, tmp_path):
                       tmp_path / "ndsm", "--checkpoint", checkpoint, "--probabilities", "--batch-size", "3",
                       "--device", "cpu")
     assert result.returncode == 0, result.stderr[-2000:]
-    # the three areas shared out in turn: a and c to process 0, b to process 1, each written once
-    assert "wrote the predictions of 2 image(s)" in result.stdout and "(process 0 of 2)" in result.stdout
-    assert "wrote the predictions of 1 image(s)" in result.stdout and "(process 1 of 2)" in result.stdout
+    # the three areas claimed by the processes as they go, each written once
+    assert len(written_per_process(result.stdout)) == 2 and sum(written_per_process(result.stdout).values()) == 3
+    assert "3 area(s): 3 predicted, 0 skipped" in result.stdout
     assert files(tmp_path / "two") == files(tmp_path / "one")
     for name in files(tmp_path / "one"):
         if name.endswith(".tif"):
@@ -73,6 +85,48 @@ def test_two_processes_write_the_areas_of_one(checkpoint, tmp_path):
             np.testing.assert_array_equal(two, one)
         else:  # the mosaics
             assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+
+
+def written_per_process(printed):
+    """{process: the areas it says it predicted}, from its "wrote the predictions of N image(s) ... (process R of W)"."""
+    found = re.findall(r"wrote the predictions of (\d+) image\(s\) .*\(process (\d+) of", printed)
+    return {int(rank): int(count) for count, rank in found}
+
+
+SLOW_AREA = """
+import sys, time
+from datetime import timedelta
+from pathlib import Path
+import torch.distributed as dist
+import data, predict, raster
+
+start = dist.init_process_group  # collectives time out after 5 s instead of 30 minutes
+dist.init_process_group = lambda *args, **kwargs: start(*args, **{**kwargs, "timeout": timedelta(seconds=5)})
+read = raster.read_orthophoto
+
+
+def slowly(path, *args, **kwargs):  # the area "slow" takes 15 s more than the others to read
+    if Path(path).stem == "slow":
+        time.sleep(15)
+    return read(path, *args, **kwargs)
+
+
+raster.read_orthophoto = slowly
+data.exit_on_user_error(lambda: predict.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_finishes_a_city_whose_areas_take_far_longer_than_the_collective_timeout(checkpoint, tmp_path):
+    for name, seed in (("a", 0), ("b", 1), ("c", 2), ("slow", 3)):  # more areas than processes, one slow
+        write_area(tmp_path, name, seed, x=497000.0 + 0.09 * WIDTH * seed)
+    (tmp_path / "slow_area.py").write_text(SLOW_AREA)
+    result = torchrun(tmp_path / "slow_area.py", "--out", tmp_path / "out", "--rgir", tmp_path / "rgir", "--ndsm",
+                      tmp_path / "ndsm", "--checkpoint", checkpoint, "--batch-size", "3", "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 area(s): 4 predicted, 0 skipped (outputs complete), 0 failed" in result.stdout
+    assert len(written_per_process(result.stdout)) == 2 and sum(written_per_process(result.stdout).values()) == 4
+    assert files(tmp_path / "out") == ["a_labels.tif", "b_labels.tif", "c_labels.tif", "labels.vrt", "slow_labels.tif"]
 
 
 def test_under_torchrun_a_bad_area_is_said_by_its_process_and_summed_up_by_the_first(checkpoint, tmp_path):
@@ -115,6 +169,87 @@ def test_a_rerun_predicts_only_the_areas_without_complete_outputs(checkpoint, tm
     folder(tmp_path, out, checkpoint, "--overwrite")
     assert "wrote the predictions of 2 image(s)" in capsys.readouterr().out
     assert (out / "a_labels.tif").stat().st_mtime_ns != first
+
+
+def single(tmp_path, out, checkpoint, *flags, ndsm=True):
+    """predict.py on area a of tmp_path, its NDSM given or not; the labels written, and what it printed."""
+    inputs = ["--rgir", tmp_path / "rgir" / "a.tif"] + (["--ndsm", tmp_path / "ndsm" / "a.tif"] if ndsm else [])
+    predict("--out", out, *inputs, "--checkpoint", checkpoint, *flags)
+    return tifffile.imread(out / "a_labels.tif")
+
+
+def another_checkpoint(checkpoint, path):
+    """The tiny checkpoint with other batch-norm statistics in its decoder: other labels."""
+    state = torch.load(checkpoint)
+    for name, value in state["model"].items():
+        if "running_mean" in name:
+            value.add_(0.7)
+    torch.save(state, path)
+    return path
+
+
+def test_a_rerun_predicts_again_the_areas_made_with_another_checkpoint_inputs_or_flags(checkpoint, tmp_path, capsys):
+    write_area(tmp_path, "a", 0)
+    other = another_checkpoint(checkpoint, tmp_path / "other.pt")
+    out = tmp_path / "out"
+    single(tmp_path, out, checkpoint, ndsm=False)  # the README's lines: the orthophoto alone, then with the NDSM
+    for flags, ndsm, why in (((), True, "other inputs"), (("--colour",), True, "other flags"), ((), True, "other flags"),
+                             ((), True, None), (("--checkpoint", other), True, "another checkpoint")):
+        capsys.readouterr()
+        labels = single(tmp_path, out, checkpoint, *flags, ndsm=ndsm) if "--checkpoint" not in flags else \
+            single(tmp_path, out, other, *flags[2:], ndsm=ndsm)
+        printed = capsys.readouterr().out
+        if why is None:  # made as asked: skipped
+            assert "1 of 1 area(s) skipped" in printed and "0 predicted" in printed
+        else:
+            assert f"notice: 1 area(s) predicted again, their outputs in {out} made by {why}: a" in printed, printed
+        fresh = single(tmp_path, tmp_path / "fresh", *([other] if "--checkpoint" in flags else [checkpoint]),
+                       *[flag for flag in flags if flag == "--colour"], ndsm=ndsm) if why else labels
+        np.testing.assert_array_equal(labels, fresh)
+        shutil.rmtree(tmp_path / "fresh", ignore_errors=True)
+    record = geotiff.provenance(out / "a_labels.tif")
+    assert record["inputs"]["rgir"]["path"] == str((tmp_path / "rgir" / "a.tif").resolve()) and record["colour"] is False
+
+
+def test_an_interrupted_overwrite_leaves_no_old_output_for_the_rerun_to_keep(checkpoint, tmp_path, capsys, monkeypatch):
+    for name, seed in (("a", 0), ("b", 1)):
+        write_area(tmp_path, name, seed)
+    out, other = tmp_path / "out", another_checkpoint(checkpoint, tmp_path / "other.pt")
+    folder(tmp_path, out, checkpoint, "--probabilities")
+    strips = predict_py.predict_strips
+
+    def cut_off_at_b(settings, rgir, *args):  # Ctrl-C while b is predicted
+        if rgir is not None and (rgir == scene(HEIGHT, WIDTH, 1)[0]).all():
+            raise KeyboardInterrupt
+        return strips(settings, rgir, *args)
+
+    monkeypatch.setattr(predict_py, "predict_strips", cut_off_at_b)
+    with pytest.raises(KeyboardInterrupt):
+        folder(tmp_path, out, other, "--probabilities", "--overwrite")
+    assert not (out / "b_labels.tif").exists() and not (out / "b_probabilities.tif").exists()
+    monkeypatch.setattr(predict_py, "predict_strips", strips)
+    capsys.readouterr()
+    folder(tmp_path, out, other, "--probabilities")  # the rerun, without --overwrite
+    assert "2 area(s): 1 predicted, 1 skipped" in capsys.readouterr().out
+    folder(tmp_path, tmp_path / "fresh", other, "--probabilities")
+    for name in ("a_labels.tif", "b_labels.tif", "a_probabilities.tif", "b_probabilities.tif"):
+        np.testing.assert_array_equal(tifffile.imread(out / name), tifffile.imread(tmp_path / "fresh" / name))
+
+
+def test_each_output_is_on_disk_before_its_name_and_its_name_after(checkpoint, tmp_path, monkeypatch):
+    write_area(tmp_path, "a", 0)
+    events, fsync, replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a), str(b))), replace(a, b))[1])
+    folder(tmp_path, tmp_path / "out", checkpoint, "--probabilities")
+    renamed = [event for event in events if event[0] == "replace" and not event[2].endswith(".result")]
+    assert {Path(event[2]).name for event in renamed} == {"a_labels.tif", "a_probabilities.tif", "labels.vrt",
+                                                          "probabilities.vrt"}
+    for event in renamed:
+        at = events.index(event)
+        assert ("fsync", event[1]) in events[:at], event  # the file's bytes before its name
+        assert ("fsync", str(tmp_path / "out")) in events[at + 1 :], event  # the name after
 
 
 # ------------------------------------------------------------------ tiled, compressed, overviews
@@ -164,7 +299,10 @@ def test_outputs_are_tiled_compressed_with_overviews_and_read_back(checkpoint, t
         np.testing.assert_array_equal(overview, halves.reshape(overview.shape))
     with tifffile.TiffFile(tmp_path / "out" / "a_labels.tif") as tiff:
         assert all(page.colormap is not None for page in tiff.pages)
-        assert tiff.pages.first.tags[raster.GDAL_NODATA].value == "255"
+    for kind, nodata in (("labels", "255"), ("scenario", "255"), ("probabilities", None), ("attention", None)):
+        with tifffile.TiffFile(tmp_path / "out" / f"a_{kind}.tif") as tiff:  # on every level, as GDAL's overviews
+            assert [page.tags.valueof(raster.GDAL_NODATA) for page in tiff.pages] == [nodata] * 4, kind
+            assert all(code not in page.tags for page in tiff.pages[1:] for code in raster.GEOTIFF_TAGS), kind
 
 
 # ------------------------------------------------------------------ the mosaic
