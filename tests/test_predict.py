@@ -214,6 +214,42 @@ def test_folders_give_one_output_per_image(checkpoint, tmp_path, capsys):
     assert files(tmp_path / "rgir_only") == ["a_labels.tif", "b_labels.tif", "labels.vrt"]
 
 
+def test_each_area_is_read_once_and_every_file_written_is_named(checkpoint, tmp_path, capsys, monkeypatch):
+    for name, seed in (("a", 0), ("b", 1)):
+        write_pair(tmp_path, *scene(seed=seed), name=name)
+    reads, read = [], raster._read_raster
+    monkeypatch.setattr(raster, "_read_raster", lambda path: (reads.append(path.name), read(path))[1])
+    predict("--out", tmp_path / "out", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
+            "--checkpoint", checkpoint, "--probabilities")
+    assert sorted(reads) == ["a.tif", "a.tif", "b.tif", "b.tif"]  # each orthophoto and NDSM once
+    named = {Path(path).name for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")
+             for path in line.removeprefix("wrote ").split(", ") if path.endswith((".tif", ".vrt"))}
+    assert named == set(files(tmp_path / "out"))
+
+
+def test_an_area_out_of_memory_fails_alone_with_the_hint_to_lower_the_batch_size(checkpoint, tmp_path, capsys,
+                                                                                  monkeypatch):
+    for name, seed in (("a", 0), ("b", 1)):
+        write_pair(tmp_path, *scene(seed=seed), name=name)
+    strips = predict_py.predict_strips
+
+    def out_of_memory_in_a(settings, rgir, *args):
+        if (rgir == scene(seed=0)[0]).all():
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return strips(settings, rgir, *args)
+
+    monkeypatch.setattr(predict_py, "predict_strips", out_of_memory_in_a)
+    with pytest.raises(SystemExit) as stop:
+        predict("--out", tmp_path / "out", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
+                "--checkpoint", checkpoint)
+    printed = capsys.readouterr()
+    (line,) = printed.err.strip().splitlines()
+    assert stop.value.code == 2 and line == ("error: a: out of memory with --batch-size 3; lower --batch-size "
+                                             "(or --patch) for this area")
+    assert files(tmp_path / "out") == ["b_labels.tif", "labels.vrt"]
+    assert "2 area(s): 1 predicted, 0 skipped (outputs complete), 1 failed: a (" in printed.out
+
+
 def test_strips_give_the_whole_image_result(model):
     rgir, ndsm = scene(height=150, width=70)
 

@@ -330,6 +330,78 @@ def test_a_folder_gets_a_mosaic_that_leaves_out_another_coordinate_system(checkp
         assert f"Size is {2 * WIDTH}, {2 * HEIGHT}" in info and "Checksum=" in info and "ERROR" not in info
 
 
+def rendered(vrt):
+    """(height, width, bands) a mosaic as GDAL composes it from its VRT: each band starts as its NoDataValue (0
+    without one), and each source's SrcRect of its file goes to its DstRect, in order, its NODATA pixels leaving
+    what lies below."""
+    mosaic = ET.parse(vrt).getroot()
+    bands = mosaic.findall("VRTRasterBand")
+    canvas = np.zeros((int(mosaic.get("rasterYSize")), int(mosaic.get("rasterXSize")), len(bands)))
+    for b, band in enumerate(bands):
+        canvas[..., b] = float(band.findtext("NoDataValue", "0"))
+        for source in band.findall("SimpleSource") + band.findall("ComplexSource"):
+            pixels = tifffile.imread(vrt.parent / source.findtext("SourceFilename"))
+            pixels = (pixels if pixels.ndim == 3 else pixels[..., None])[..., int(source.findtext("SourceBand")) - 1]
+            src, dst = ({key: round(float(rect.get(key))) for key in ("xOff", "yOff", "xSize", "ySize")}
+                        for rect in (source.find("SrcRect"), source.find("DstRect")))
+            part = pixels[src["yOff"] : src["yOff"] + src["ySize"], src["xOff"] : src["xOff"] + src["xSize"]]
+            assert part.shape == (dst["ySize"], dst["xSize"]), "a source GDAL would resample"
+            region = canvas[dst["yOff"] : dst["yOff"] + dst["ySize"], dst["xOff"] : dst["xOff"] + dst["xSize"], b]
+            shown = part != float(source.findtext("NODATA", "nan"))
+            region[shown] = part[shown]
+    return canvas
+
+
+def geotransform(vrt):
+    return [float(value) for value in ET.parse(vrt).getroot().findtext("GeoTransform").split(",")]
+
+
+def test_the_mosaic_shows_each_area_where_its_georeferencing_puts_it(checkpoint, tmp_path):
+    # names that do not sort top-down: a is south of b, c east of b, overlapping it by 20 columns where c has no data
+    corners = {"a": (497000.0, 5420000.0 - 0.09 * HEIGHT), "b": (497000.0, 5420000.0),
+               "c": (497000.0 + 0.09 * (WIDTH - 20), 5420000.0)}
+    for seed, (name, (x, y)) in enumerate(corners.items()):
+        write_area(tmp_path, name, seed, x, y, collar=20 if name == "c" else 0)
+    out = tmp_path / "out"
+    folder(tmp_path, out, checkpoint, "--rgir-nodata", "0", "--scenario-map")
+    left, top = 497000.0, 5420000.0
+    for kind in ("labels", "scenario"):
+        expected = np.full((2 * HEIGHT, 2 * WIDTH - 20), 255.0)  # nodata where no area is
+        for name, (x, y) in corners.items():
+            own = tifffile.imread(out / f"{name}_{kind}.tif")
+            column, row = round((x - left) / 0.09), round((top - y) / 0.09)
+            region = expected[row : row + HEIGHT, column : column + WIDTH]
+            region[own != 255] = own[own != 255]  # an area's pixels without data leave its neighbour's
+        assert (tifffile.imread(out / f"c_{kind}.tif")[:, :20] == 255).all()
+        np.testing.assert_array_equal(rendered(out / f"{kind}.vrt")[..., 0], expected, err_msg=kind)
+        np.testing.assert_allclose(geotransform(out / f"{kind}.vrt"), [left, 0.09, 0, top, 0, -0.09], rtol=0, atol=1e-6)
+
+
+def test_a_pixel_is_point_area_is_placed_by_the_corner_of_its_top_left_pixel(checkpoint, tmp_path):
+    # the tiepoint is the top-left pixel's centre, half a pixel in from its corner (as GDAL reads it): an absolute
+    # tolerance, as a relative one at UTM coordinates (5e6 m) would pass half a pixel (4.5 cm)
+    write_area(tmp_path, "a", 0, tags=georeferenced(497000.0, 5420000.0, point=True))
+    folder(tmp_path, tmp_path / "out", checkpoint)
+    np.testing.assert_allclose(geotransform(tmp_path / "out" / "labels.vrt"),
+                               [497000.0 - 0.045, 0.09, 0, 5420000.0 + 0.045, 0, -0.09], rtol=0, atol=1e-6)
+
+
+def test_a_mosaic_of_a_user_defined_system_says_it_has_none_and_leaves_out_a_rotated_area(checkpoint, tmp_path, capsys):
+    write_area(tmp_path, "a", 0, epsg=32767)  # a coordinate system given by its parameters: no EPSG code
+    # pixels a GIS wrote 1e-12 apart: one grid
+    write_area(tmp_path, "b", 1, tags=georeferenced(497000.0 + 0.09 * WIDTH, 5420000.0, 32767, 0.09 * (1 + 1e-12)))
+    rotated = (0.09, 0.01, 0.0, 497000.0, 0.01, -0.09, 0.0, 5420000.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    write_area(tmp_path, "c", 2, tags=[(34264, "d", 16, rotated, True), georeferenced(0, 0, 32767)[2]])
+    folder(tmp_path, tmp_path / "out", checkpoint)
+    printed = capsys.readouterr().out
+    assert "leave out c (no georeferencing, or a rotated grid)" in printed
+    assert "have no coordinate system: their areas' is user-defined (GeoKey 32767" in printed
+    mosaic = ET.parse(tmp_path / "out" / "labels.vrt").getroot()
+    assert mosaic.find("SRS") is None and mosaic.get("rasterXSize") == str(2 * WIDTH)
+    assert [source.findtext("SourceFilename") for source in mosaic.iter("ComplexSource")] == ["a_labels.tif",
+                                                                                              "b_labels.tif"]
+
+
 @pytest.mark.skipif(not shutil.which("gdalinfo"), reason="GDAL's gdalinfo is not installed")
 def test_gdal_reads_the_outputs_with_their_overviews(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(geotiff, "TILE", 16)
