@@ -7,9 +7,9 @@ them; the outputs are GeoTIFFs georeferenced as the inputs (docs/predict.md).
     python predict.py --out maps/ --rgir ortho.tif                 # without the NDSM
     python predict.py --out maps/ --rgir orthos/ --ndsm ndsms/     # folders, matched by name
 
-Windows, batches and the averaging of overlapping windows are evaluate.py's, so
-a tile gets the labels evaluate.py scores; the image is written in strips of
-rows as they are done, so memory does not grow with the image.
+Windows, batches and the averaging of overlapping windows are evaluate.py's (the
+loop in runtime.py), so a tile gets the labels evaluate.py scores; the image is written
+in strips of rows as they are done (geotiff.py), so memory does not grow with the image.
 
 Missing where missing: where a file has no data (NaN, its nodata value, alpha 0,
 its mask; raster.py reads them), each pixel is labelled in the scenario its
@@ -378,7 +378,7 @@ def finish(args, out_dir, run, pairs, todo, failures, fresh, K):
     if complete and Path(args.rgir or args.ndsm).is_dir():
         for path in geotiff.write_mosaics(out_dir, complete, list(outputs_asked(args, K))):
             print(f"wrote {path}")
-    if fresh and not complete:
+    if fresh and not complete and not any(out_dir.iterdir()):
         out_dir.rmdir()  # every area failed: nothing written
     failed = [f"{name} ({failures[name]})" for name in names if name in failures]
     print(f"{len(pairs)} area(s): {len(complete) - skipped} predicted, {skipped} skipped (outputs complete), "
