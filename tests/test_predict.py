@@ -369,6 +369,21 @@ def test_a_bad_area_in_a_folder_is_said_and_the_others_are_predicted(checkpoint,
                                                      f"b ({line.removeprefix('error: ')})")
 
 
+def test_an_area_whose_modalities_differ_in_size_fails_alone_and_is_counted_as_failed(checkpoint, tmp_path, capsys):
+    write_pair(tmp_path, *scene(seed=0), name="a")
+    rgir, ndsm = scene(seed=1)
+    write_pair(tmp_path, rgir, ndsm[:-1], name="b")
+    with pytest.raises(SystemExit) as stop:
+        predict("--out", tmp_path / "out", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
+                "--checkpoint", checkpoint)
+    printed = capsys.readouterr()
+    (line,) = printed.err.strip().splitlines()
+    assert stop.value.code == 2 and "b.tif: size 74 x 93 differs from" in line
+    assert printed.out.strip().splitlines()[-1] == (f"2 area(s): 1 predicted, 0 skipped (outputs complete), 1 failed: "
+                                                     f"b ({line.removeprefix('error: ')})")
+    assert files(tmp_path / "out") == ["a_labels.tif", "labels.vrt"]
+
+
 def test_a_failed_write_in_a_folder_fails_that_area_only(checkpoint, tmp_path, capsys, monkeypatch):
     for name, seed in (("a", 0), ("b", 1)):
         write_pair(tmp_path, *scene(seed=seed), name=name)
