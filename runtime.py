@@ -1,15 +1,16 @@
 """
 What every command shares: the device, the precision (--amp, --channels-last),
-and checkpoints (written atomically, read with a one-line error for a wrong
-file, turned back into a model).
+checkpoints (written atomically, read with a one-line error for a wrong
+file, turned back into a model), and the sliding-window loop of evaluate.py
+and predict.py.
 """
 
 import argparse
 import hashlib
 import os
 from dataclasses import fields
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -199,6 +200,7 @@ class FullBatches(torch.nn.Module):
 
 
 def file_sha256(path):
+    """The SHA-256 of a file's bytes (a checkpoint's), in hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
