@@ -1,18 +1,23 @@
 """
-Several processes (torchrun): the process group, and batch norm whose
+Several processes (torchrun): the process group, a start that stops every
+process on one's user error, work shared out through claim files, and batch norm whose
 statistics cover the global batch of all processes, on GPUs and on CPUs
 (torch's SyncBatchNorm runs on GPUs only), per scenario where the model keeps
 statistics per scenario. train.py's wrap_model puts the model under it.
 """
 
 import os
+import sys
+import time
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn as dist_nn
 import torch.nn as nn
 
+from data import DataError, one_line
 from dis2 import ScenarioBatchNorm2d
 from losses import at_least_fp32
 
@@ -40,6 +45,67 @@ def leave_distributed():
     barrier.wait()
     dist.destroy_process_group()
     del barrier
+
+
+def stop_together(check, device, rank, world):
+    """check() in every process; where it stops with a user error in any of them, every process stops, before any
+    has written anything, and only the first of those that stopped says why (the same error in every
+    process would otherwise be printed once for each), before any exits: torchrun stops the others at the
+    first exit."""
+    try:
+        result, error = check(), None
+    except DataError as e:
+        result, error = None, e
+    if world > 1:
+        first = torch.tensor([rank if error else world], device=device)
+        dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        if first.item() < world:
+            if first.item() == rank:
+                print("error: " + one_line(error), file=sys.stderr, flush=True)
+            leave_distributed()
+            raise SystemExit(2)
+    if error:
+        raise error
+    return result
+
+
+def first_process_value(value, world):
+    """The first process's `value` in every process (under torchrun; `value` without one)."""
+    if world == 1:
+        return value
+    shared = [value]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+
+# Work of very uneven sizes (the areas of a city) shared out with no collective after the start, so none can
+# time out: each process claims the next item nobody has by creating its claim file (an exclusive create, on a
+# local disk and on NFS v3 or later), and reports how it went in a result file, which the first process waits for.
+
+
+def claim(folder, name) -> bool:
+    """Whether this process got item `name`: True for the one process that creates folder/<name>.claim first."""
+    try:
+        with open(Path(folder) / f"{name}.claim", "x"):
+            return True
+    except FileExistsError:
+        return False
+
+
+def report(folder, name, result=""):
+    """folder/<name>.result holding `result` (one line; "" for done), complete once it has its name."""
+    temporary = Path(folder) / f".{name}.result.partial"
+    temporary.write_text(result)
+    os.replace(temporary, Path(folder) / f"{name}.result")
+
+
+def results(folder, names, poll_s=0.2):
+    """{name: result} of every item, waiting as long as any is being worked on: a process that dies ends the run
+    through torchrun, not through a timeout here."""
+    paths = {name: Path(folder) / f"{name}.result" for name in names}
+    while not all(path.exists() for path in paths.values()):
+        time.sleep(poll_s)
+    return {name: path.read_text() for name, path in paths.items()}
 
 
 def synchronised_batch_norm(x, running_mean, running_var, weight, bias, momentum, eps):

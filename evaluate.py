@@ -29,7 +29,8 @@ import data
 import own_data
 from data import CLASSES, IGNORE_INDEX, DataError
 from dis2 import SCENARIOS
-from runtime import add_inference_flags, inference_setup, model_from_checkpoint, use_channels_last, writable_dir
+from runtime import (add_inference_flags, add_windows, inference_setup, model_from_checkpoint, model_on_windows,
+                     window_batches, windows_at, writable_dir)
 
 SCORED = data.ISPRS_CLASSES.scored  # averaged into mF1 and mIoU, as in the paper
 ROW_NAMES = {"full": "Full Modality", "missing_rgir": "Missing RGIR - Only NDSM", "missing_ndsm": "Missing NDSM - Only RGIR"}
@@ -89,28 +90,18 @@ def predict_tile(model, tile, scenarios, window, overlap, batch_size, device, am
     yardstick of a distance that a rescaling of all of Z cannot move; under
     "z_channels" the per-channel sums of standardised_distance, which no
     rescaling of Z's channels can move.
-    `channels_last` is the memory format of the model (see use_channels_last);
-    the windows take it too, which spares the first convolution a copy."""
+    `channels_last` is the memory format of the model (see runtime.model_on_windows)."""
     H, W = tile.label.shape
     rgir, ndsm = data.pad_to_window(tile.rgir, window), data.pad_to_window(tile.ndsm, window)
     starts = data.sliding_windows(*ndsm.shape[:2], window, overlap)
     K = model.config.num_classes
-    memory_format = torch.channels_last if use_channels_last(device, channels_last) else torch.contiguous_format
     # Summed softmax probabilities: their argmax is that of the average over windows.
     probs = {s: torch.zeros(K, *ndsm.shape[:2], device=device) for s in scenarios}
-    for i in range(0, len(starts), batch_size):
-        batch = starts[i : i + batch_size]
-        r, n = data.normalise(
-            np.stack([rgir[y : y + window, x : x + window] for y, x in batch]),
-            np.stack([ndsm[y : y + window, x : x + window] for y, x in batch]),
-        )
-        r, n = (x.to(device, non_blocking=True).contiguous(memory_format=memory_format) for x in (r, n))
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            outputs = model(r, n, scenarios=scenarios)
+    for batch in window_batches(starts, batch_size):
+        outputs = model_on_windows(model, windows_at(rgir, batch, window), windows_at(ndsm, batch, window), device,
+                                   amp_dtype, channels_last, scenarios=scenarios)
         for s, out in outputs.items():
-            p = out.logits.float().softmax(dim=1)
-            for (y, x), p_window in zip(batch, p):
-                probs[s][:, y : y + window, x : x + window] += p_window
+            add_windows(probs[s], batch, out.logits.float().softmax(dim=1), window)
         for key in distances or {}:
             if key == "z_channels":
                 add_channel_sums(distances[key], outputs)

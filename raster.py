@@ -323,6 +323,46 @@ def pixel_size(georeference: list[tuple]) -> float | None:
     return size if size > 0 else None
 
 
+SCALE_TOLERANCE = 1.5  # pixels this much larger or smaller than in training show objects at sizes never seen
+
+
+def pixel_size_notice(path, tags, trained_on):
+    """[a notice] when the GeoTIFF tags give a pixel size more than SCALE_TOLERANCE times off that of the
+    dataset the model was trained on (9 cm Vaihingen, 5 cm Potsdam), else []: the model's priors of how
+    large cars, trees and buildings are no longer hold."""
+    size, trained = pixel_size(tags), PIXEL_SIZE.get(trained_on)
+    if size is None or trained is None or 1 / SCALE_TOLERANCE <= size / trained <= SCALE_TOLERANCE:
+        return []
+    return [f"notice: {path}: pixels of {100 * size:.3g} cm, the model was trained on {100 * trained:.0f} cm "
+            f"({trained_on}), so objects appear at sizes it never saw; resample the image to about "
+            f"{100 * trained:.0f} cm for labels as good as in training"]
+
+
+def image_size(path) -> tuple[int, int] | None:
+    """(H, W) of an image file from its header alone, its pixels not decoded; None where the header does not
+    read (reading the file then says why)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tiff:
+                return tiff.pages.first.imagelength, tiff.pages.first.imagewidth
+        with Image.open(path) as image:
+            return image.height, image.width
+    except Exception:  # as _read_raster: tifffile and pillow raise many types
+        return None
+
+
+def check_same_size(rgir_path, ndsm_path):
+    """Raises the one-line error of an area whose orthophoto and NDSM differ in size, read from their headers."""
+    if rgir_path is None or ndsm_path is None:
+        return
+    sizes = image_size(rgir_path), image_size(ndsm_path)
+    if None not in sizes and sizes[0] != sizes[1]:
+        (rgir_height, rgir_width), (height, width) = sizes
+        raise DataError(f"{ndsm_path}: size {height} x {width} differs from {rgir_path} ({rgir_height} x "
+                        f"{rgir_width}); the orthophoto and the NDSM must cover the same pixels")
+
+
 def read_orthophoto(path, bands=None, max_value=None, nodata=None) -> Layer:
     """A new area's orthophoto: (H, W, 3) uint8 IR, R, G and where it has data (see _irrg: `bands` is --bands,
     `max_value` --max-value, `nodata` --rgir-nodata), its GeoTIFF tags, and the notices of reading it."""
@@ -339,6 +379,34 @@ def read_height_model(path, metres_per_unit=None, nodata=None) -> Layer:
     raster = _read_raster(path)
     ndsm, valid, notices = _ndsm(raster, path, metres_per_unit, nodata)
     return Layer(ndsm, valid, raster.georeference, notices)
+
+
+def read_area(rgir_path, ndsm_path, trained_on=None, bands=None, max_value=None, metres_per_unit=None, rgir_nodata=None,
+              ndsm_nodata=None, read_layers=None):
+    """The modalities of a new area as Layers, pixels and where they have data (None for a missing modality),
+    read as predict.py's --bands, --max-value, --ndsm-unit and nodata flags say; the GeoTIFF tags of its
+    prediction: the orthophoto's, or the NDSM's if the orthophoto has none; and the notices of reading it
+    (alpha bands, a modality without any data, which is then missing, and, given the checkpoint's dataset
+    `trained_on`, pixel sizes far from those the model learnt). `read_layers(rgir_path, ndsm_path)`, where
+    given, reads the two Layers instead (one's own rasters: own_data.read_layers)."""
+    if read_layers is not None:
+        rgir, ndsm = read_layers(rgir_path, ndsm_path)
+    else:
+        rgir = read_orthophoto(rgir_path, bands, max_value, rgir_nodata) if rgir_path else None
+        ndsm = read_height_model(ndsm_path, metres_per_unit, ndsm_nodata) if ndsm_path else None
+    given = {name: (path, layer) for name, path, layer in (("orthophoto", rgir_path, rgir), ("NDSM", ndsm_path, ndsm))
+             if layer is not None}
+    empty = [name for name, (_, layer) in given.items() if layer.valid is not None and not layer.valid.any()]
+    if len(empty) == len(given):
+        raise DataError(f"{' and '.join(str(given[name][0]) for name in empty)}: no pixel has data (all nodata, "
+                        "masked or NaN); there is nothing to predict from")
+    notices = [notice for _, layer in given.values() for notice in layer.notices]
+    notices += [f"notice: {given[name][0]}: no pixel has data (all nodata, masked or NaN); predicted as if the "
+                f"{name} were missing" for name in empty]
+    tagged, tags = next(((path, layer.georeference) for path, layer in given.values() if layer.georeference),
+                        (None, []))  # the orthophoto's first
+    rgir, ndsm = (None if name in empty else layer for name, layer in (("orthophoto", rgir), ("NDSM", ndsm)))
+    return rgir, ndsm, tags, notices + pixel_size_notice(tagged, tags, trained_on)
 
 
 def read_surface_model(path) -> tuple[np.ndarray, list[str]]:
@@ -372,3 +440,53 @@ def read_raw(path, nodata=None) -> Layer:
     raster = _read_raster(path)
     pixels, _, notices = _data_bands(raster, path, raster.alpha, _ALPHA_MASKS)
     return Layer(pixels, _validity(raster, pixels, raster.alpha, nodata), raster.georeference, notices)
+
+
+# -----------------------------------------------------------------------------
+# New imagery: which files make an area
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+def images_in(folder, flag):
+    """File name without suffix -> path, for the images directly in a folder."""
+    found = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        if path.stem in found:
+            raise DataError(f"{flag} {folder}: {found[path.stem].name} and {path.name} have the same name; keep one of them")
+        found[path.stem] = path
+    if not found:
+        raise DataError(f"{flag} {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return found
+
+
+def image_pairs(rgir, ndsm):
+    """(orthophoto, NDSM) paths to predict, None for a missing modality, from --rgir and
+    --ndsm: two files, or two folders whose files are matched by name without suffix; and notices."""
+    given = {flag: Path(path) for flag, path in (("--rgir", rgir), ("--ndsm", ndsm)) if path}
+    if not given:
+        raise DataError("predict.py needs --rgir ORTHOPHOTO and/or --ndsm NDSM (files or folders); "
+                        "leave out only the modality that is missing")
+    for flag, path in given.items():
+        if not path.exists():
+            raise DataError(f"{flag} {path}: not found")
+    if len({path.is_dir() for path in given.values()}) > 1:
+        raise DataError("--rgir and --ndsm must both be files or both be folders")
+    if not next(iter(given.values())).is_dir():
+        return [(given.get("--rgir"), given.get("--ndsm"))], []
+    found = {flag: images_in(folder, flag) for flag, folder in given.items()}
+    if "--ndsm" not in found:
+        return [(path, None) for path in found["--rgir"].values()], []
+    if "--rgir" not in found:
+        return [(None, path) for path in found["--ndsm"].values()], []
+    orthophotos, ndsms = found["--rgir"], found["--ndsm"]
+    unmatched = [path for name, path in orthophotos.items() if name not in ndsms]
+    if unmatched:
+        raise DataError(f"{unmatched[0]}: no NDSM of the same name in {given['--ndsm']} ({len(unmatched)} orthophoto(s) "
+                        "unmatched); name each NDSM as its orthophoto, or leave out --ndsm to predict without it")
+    unused = sorted(set(ndsms) - set(orthophotos))
+    notices = [f"notice: {len(unused)} NDSM file(s) in {given['--ndsm']} have no orthophoto of the same name, not "
+               "used: " + " ".join(ndsms[name].name for name in unused)] if unused else []
+    return [(path, ndsms[name]) for name, path in orthophotos.items()], notices

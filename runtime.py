@@ -1,17 +1,22 @@
 """
 What every command shares: the device, the precision (--amp, --channels-last),
-and checkpoints (written atomically, read with a one-line error for a wrong
-file, turned back into a model).
+checkpoints (written atomically, read with a one-line error for a wrong
+file, turned back into a model), and the sliding-window loop of evaluate.py
+and predict.py.
 """
 
 import argparse
+import hashlib
 import os
 from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
-from data import CLASSES, DataError, positive_int
+from data import CLASSES, DataError, normalise, positive_int
 from dis2 import DIS2, DIS2Config, STRIDE
 from shaspec import ShaSpec, ShaSpecConfig
 
@@ -118,6 +123,14 @@ def load_checkpoint(path, flag="--checkpoint"):
     return checkpoint
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a number above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def add_inference_flags(p):
     """The flags evaluate.py and predict.py share: the checkpoint, the device and precision, and the sliding windows."""
     p.add_argument("--checkpoint", help="checkpoint file (default: best.pt of the most recent run under runs/)")
@@ -175,6 +188,32 @@ def model_from_checkpoint(checkpoint, device, compile_model=False, channels_last
     return prepared(model, device, compile_model, channels_last)
 
 
+class FullBatches(torch.nn.Module):
+    """The model given batches of exactly `size` windows, a short one filled up with copies of its last window
+    and the copies' outputs dropped. A compiled model then meets one input shape per modality pattern (three
+    graphs), where batches of every size (a scenario's share of a batch, an area's last batch) would pass
+    Dynamo's recompile limit and silently run eagerly."""
+
+    def __init__(self, model, size):
+        super().__init__()
+        self.model, self.size, self.config = model, size, model.config
+
+    def forward(self, rgir, ndsm):
+        n = (rgir if rgir is not None else ndsm).shape[0]
+        full = lambda x: None if x is None else torch.cat([x, x[-1:].expand(self.size - n, *x.shape[1:])])
+        out = self.model(full(rgir), full(ndsm))
+        return SimpleNamespace(logits=out.logits[:n], attention=None if out.attention is None else out.attention[:n])
+
+
+def file_sha256(path):
+    """The SHA-256 of a file's bytes (a checkpoint's), in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def check_patch(patch):
     """Training patches and evaluation windows: the encoders halve them four times."""
     if patch % STRIDE:
@@ -194,6 +233,50 @@ def windows_of(args, checkpoint):
     if not 0 <= overlap < window:
         raise DataError(f"--overlap {overlap}: must be at least 0 and smaller than the window ({window})")
     return window, overlap
+
+
+# -----------------------------------------------------------------------------
+# The sliding-window loop of evaluate.py and predict.py
+
+
+def window_batches(starts, batch_size, progress=False):
+    """The window corners `starts` in batches of `batch_size`, in order; with `progress`, a bar on a terminal."""
+    bar = tqdm(range(0, len(starts), batch_size), desc="windows", unit="batch", leave=False,
+               disable=None if progress else True)
+    for i in bar:
+        yield starts[i : i + batch_size]
+
+
+def windows_at(image, batch, window):
+    """(B, window, window, ...) the windows of `image` whose top-left corners are `batch`; None for None."""
+    return None if image is None else np.stack([image[y : y + window, x : x + window] for y, x in batch])
+
+
+def model_on_windows(model, rgir, ndsm, device, amp_dtype, channels_last=None, prepare=None, **kwargs):
+    """model(rgir, ndsm, **kwargs) for windows rgir (B, h, w, 3) and/or ndsm (B, h, w) uint8 (one's own rasters:
+    float32 (B, h, w, bands), normalised when read), None for a missing modality: normalised as in training, on `device`, passed through prepare(r, n) where given (tensors, None
+    for missing), in the model's memory format (`channels_last`: see use_channels_last; the windows take it
+    too, which spares the first convolution a copy), under autocast to `amp_dtype` (None: fp32)."""
+    memory_format = torch.channels_last if use_channels_last(device, channels_last) else torch.contiguous_format
+    r, n = (None if t is None else t.to(device, non_blocking=True) for t in normalise(rgir, ndsm))
+    r, n = prepare(r, n) if prepare else (r, n)
+    r, n = (None if x is None else x.contiguous(memory_format=memory_format) for x in (r, n))
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        return model(r, n, **kwargs)
+
+
+def window_coverage(starts, size, window, device):
+    """(size,) how many of the windows starting at `starts` cover each position along one axis."""
+    count = torch.zeros(size, device=device)
+    for start in set(starts):
+        count[start : start + window] += 1
+    return count
+
+
+def add_windows(sums, batch, values, window, top=0):
+    """Adds each window's values (B, C, window, window) into `sums` (C, rows, W) at its corner, rows from `top`."""
+    for (y, x), window_values in zip(batch, values):
+        sums[:, y - top : y - top + window, x : x + window] += window_values
 
 
 def latest_checkpoint(runs="runs", name="best.pt", flag="--checkpoint"):

@@ -252,13 +252,13 @@ def test_fill_keeps_the_data_and_fills_holes_from_their_rim():
     ramp = torch.arange(32.0).expand(1, 2, 32, 32).clone()  # (B, C, h, w): rising left to right
     valid = np.ones((1, 32, 32), bool)
     valid[0, 8:20, 10:22] = False
-    filled = predict_py.filled(ramp, valid)
+    filled = predict_py.filled_by_pull_push(ramp, valid)
     has_data = torch.from_numpy(valid[0])
     assert torch.equal(filled[0, :, has_data], ramp[0, :, has_data])
     hole = filled[0, 0, ~has_data]
     assert 9 <= hole.min() and hole.max() <= 22  # between the values at its rim: no step, no outlier
     assert filled[0, 0, 14, 11] < filled[0, 0, 14, 15] < filled[0, 0, 14, 20]  # the ramp goes on through the hole
-    assert predict_py.filled(ramp, None) is ramp
+    assert predict_py.filled_by_pull_push(ramp, None) is ramp
 
 
 # ------------------------------------------------------------------ the ISPRS readers

@@ -14,6 +14,7 @@ from PIL import Image
 import data
 import raster
 import evaluate
+import geotiff
 import predict as predict_py
 import runtime
 from dis2 import DIS2, DIS2Config
@@ -213,12 +214,48 @@ def test_folders_give_one_output_per_image(checkpoint, tmp_path, capsys):
     assert files(tmp_path / "rgir_only") == ["a_labels.tif", "b_labels.tif", "labels.vrt"]
 
 
+def test_each_area_is_read_once_and_every_file_written_is_named(checkpoint, tmp_path, capsys, monkeypatch):
+    for name, seed in (("a", 0), ("b", 1)):
+        write_pair(tmp_path, *scene(seed=seed), name=name)
+    reads, read = [], raster._read_raster
+    monkeypatch.setattr(raster, "_read_raster", lambda path: (reads.append(path.name), read(path))[1])
+    predict("--out", tmp_path / "out", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
+            "--checkpoint", checkpoint, "--probabilities")
+    assert sorted(reads) == ["a.tif", "a.tif", "b.tif", "b.tif"]  # each orthophoto and NDSM once
+    named = {Path(path).name for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")
+             for path in line.removeprefix("wrote ").split(", ") if path.endswith((".tif", ".vrt"))}
+    assert named == set(files(tmp_path / "out"))
+
+
+def test_an_area_out_of_memory_fails_alone_with_the_hint_to_lower_the_batch_size(checkpoint, tmp_path, capsys,
+                                                                                  monkeypatch):
+    for name, seed in (("a", 0), ("b", 1)):
+        write_pair(tmp_path, *scene(seed=seed), name=name)
+    strips = predict_py.predict_strips
+
+    def out_of_memory_in_a(settings, rgir, *args):
+        if (rgir == scene(seed=0)[0]).all():
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return strips(settings, rgir, *args)
+
+    monkeypatch.setattr(predict_py, "predict_strips", out_of_memory_in_a)
+    with pytest.raises(SystemExit) as stop:
+        predict("--out", tmp_path / "out", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
+                "--checkpoint", checkpoint)
+    printed = capsys.readouterr()
+    (line,) = printed.err.strip().splitlines()
+    assert stop.value.code == 2 and line == ("error: a: out of memory with --batch-size 3; lower --batch-size "
+                                             "(or --patch) for this area")
+    assert files(tmp_path / "out") == ["b_labels.tif", "labels.vrt"]
+    assert "2 area(s): 1 predicted, 0 skipped (outputs complete), 1 failed: a (" in printed.out
+
+
 def test_strips_give_the_whole_image_result(model):
     rgir, ndsm = scene(height=150, width=70)
 
     def run(batch_size):
-        strips = list(predict_py.predict_strips(model, rgir, ndsm, PATCH, PATCH // 4, batch_size, CPU, None,
-                                              probabilities=True, attention=True))
+        settings = predict_py.Settings(model, PATCH, PATCH // 4, batch_size, CPU, probabilities=True, attention=True)
+        strips = list(predict_py.predict_strips(settings, rgir, ndsm))
         return len(strips), {key: np.concatenate([strip[key] for strip in strips]) for key in strips[0]}
 
     count, streamed = run(batch_size=2)
@@ -332,17 +369,32 @@ def test_a_bad_area_in_a_folder_is_said_and_the_others_are_predicted(checkpoint,
                                                      f"b ({line.removeprefix('error: ')})")
 
 
+def test_an_area_whose_modalities_differ_in_size_fails_alone_and_is_counted_as_failed(checkpoint, tmp_path, capsys):
+    write_pair(tmp_path, *scene(seed=0), name="a")
+    rgir, ndsm = scene(seed=1)
+    write_pair(tmp_path, rgir, ndsm[:-1], name="b")
+    with pytest.raises(SystemExit) as stop:
+        predict("--out", tmp_path / "out", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
+                "--checkpoint", checkpoint)
+    printed = capsys.readouterr()
+    (line,) = printed.err.strip().splitlines()
+    assert stop.value.code == 2 and "b.tif: size 74 x 93 differs from" in line
+    assert printed.out.strip().splitlines()[-1] == (f"2 area(s): 1 predicted, 0 skipped (outputs complete), 1 failed: "
+                                                     f"b ({line.removeprefix('error: ')})")
+    assert files(tmp_path / "out") == ["a_labels.tif", "labels.vrt"]
+
+
 def test_a_failed_write_in_a_folder_fails_that_area_only(checkpoint, tmp_path, capsys, monkeypatch):
     for name, seed in (("a", 0), ("b", 1)):
         write_pair(tmp_path, *scene(seed=seed), name=name)
-    commit = predict_py.StripWriter.commit
+    commit = geotiff.StripWriter.commit
 
     def disk_full_for_a(writer):
         if writer.path.name.startswith("a_"):
             raise OSError(28, "No space left on device")
         commit(writer)
 
-    monkeypatch.setattr(predict_py.StripWriter, "commit", disk_full_for_a)
+    monkeypatch.setattr(geotiff.StripWriter, "commit", disk_full_for_a)
     with pytest.raises(SystemExit) as stop:
         predict("--out", tmp_path / "out", "--rgir", tmp_path / "rgir", "--ndsm", tmp_path / "ndsm",
                 "--checkpoint", checkpoint)
@@ -391,7 +443,7 @@ def test_a_failed_write_leaves_no_partial_output(checkpoint, tmp_path, capsys, m
         if len(written) == 3:
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(predict_py.StripWriter, "write", disk_full_on_the_third_strip)
+    monkeypatch.setattr(geotiff.StripWriter, "write", disk_full_on_the_third_strip)
     line = refused(capsys, "--out", tmp_path / "out", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint,
                    "--probabilities")
     assert "No space left on device" in line
@@ -408,7 +460,7 @@ def test_a_failed_set_up_of_an_output_leaves_no_partial_file(checkpoint, tmp_pat
             raise OSError(24, "Too many open files")
         return open(path, mode)
 
-    monkeypatch.setattr(predict_py, "open", too_many_open_files_at_the_second, raising=False)
+    monkeypatch.setattr(geotiff, "open", too_many_open_files_at_the_second, raising=False)
     line = refused(capsys, "--out", tmp_path / "out", "--rgir", ortho, "--ndsm", height, "--checkpoint", checkpoint,
                    "--probabilities")
     assert "Too many open files" in line and len(opened) == 2

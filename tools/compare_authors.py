@@ -305,8 +305,8 @@ def measure_predictions(args):
     a, b = torch.randn(MM_SIZE, MM_SIZE), torch.randn(MM_SIZE, MM_SIZE)
     timed = {"mm": lambda: torch.mm(a, b)}
     for name, model in models.items():
-        timed[name] = lambda model=model: [*predict.predict_strips(model, rgir, ndsm, window, overlap, args.batch_size,
-                                                                   torch.device("cpu"), None)]
+        settings = predict.Settings(model, window, overlap, args.batch_size, torch.device("cpu"))
+        timed[name] = lambda settings=settings: [*predict.predict_strips(settings, rgir, ndsm)]
     windows = len(data.sliding_windows(args.area, args.area, window, overlap))
     megapixels = args.area**2 / 1e6
     figures = {name: dict(gflop_per_mpx=count(timed[name]) / 1e9 / megapixels) for name in models}

@@ -1,4 +1,4 @@
-"""Mutation testing of raster.py, predict.py, stats.py and losses.py: does a slip in them fail a test?
+"""Mutation testing of raster.py, predict.py, geotiff.py, stats.py and losses.py: does a slip in them fail a test?
 
 Each mutant below is a realistic one-line slip (a comparison turned, a term dropped, a tag left out).
 It is applied to a copy of the repository's tracked files, then the tests of its file are run there,
@@ -39,7 +39,8 @@ class Mutant:
 # The tests that exercise each file, the quickest to fail first.
 TESTS = {
     "raster.py": ["tests/test_imagery.py", "tests/test_nodata.py", "tests/test_predict.py"],
-    "predict.py": ["tests/test_predict.py", "tests/test_nodata.py", "tests/test_imagery.py"],
+    "predict.py": ["tests/test_predict.py", "tests/test_predict_scale.py", "tests/test_nodata.py", "tests/test_imagery.py"],
+    "geotiff.py": ["tests/test_predict_scale.py", "tests/test_predict.py", "tests/test_nodata.py"],
     "stats.py": ["tests/test_stats.py", "tests/test_intervals.py"],
     "losses.py": ["tests/test_losses.py"],
 }
@@ -51,6 +52,12 @@ MUTANTS = {
         Mutant("if bands.dtype == np.uint8 and (maximum == 255).all():", "if bands.dtype == np.uint8:",
                "8-bit data is taken as it is whatever maximum it declares"),
         Mutant("min(2**bits - 1, largest)", "min(2**bits, largest)", "12-bit data's maximum taken as 4096"),
+        Mutant("if None not in sizes and sizes[0] != sizes[1]:", "if None not in sizes and sizes[0][0] != sizes[1][0]:",
+               "modalities compared by height alone"),
+        Mutant("for path, layer in given.values() if layer.georeference",
+               "for path, layer in reversed(list(given.values())) if layer.georeference",
+               "the NDSM's georeferencing written over the orthophoto's"),
+        Mutant("if len(empty) == len(given):", "if empty:", "one modality without data stops the run"),
         Mutant("return None if text is None else float(text)", "return None if text is None else int(text)",
                "GDAL_NODATA read as an integer"),
         Mutant("GEOTIFF_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)",
@@ -85,30 +92,64 @@ MUTANTS = {
                "metre heights truncated, not rounded"),
     ],
     "predict.py": [
-        Mutant("ndsm.pixels.shape != rgir.pixels.shape[:2]", "ndsm.pixels.shape[0] != rgir.pixels.shape[0]",
-               "modalities compared by height alone"),
         Mutant("        image is not None, (H, W))", "        True, (H, W))", "an absent modality taken as valid"),
-        Mutant("for path, layer in given.values() if layer.georeference",
-               "for path, layer in reversed(list(given.values())) if layer.georeference",
-               "the NDSM's georeferencing written over the orthophoto's"),
         Mutant('codes[rgir_valid & ndsm_valid] = SCENARIO_CODES["full"]',
                'codes[rgir_valid | ndsm_valid] = SCENARIO_CODES["full"]', "full where either modality has data"),
         Mutant("            labels[scenario == NO_SCENARIO] = NODATA_LABEL\n", "",
                "pixels without data keep a class label"),
-        Mutant("        for temporary in self.temporaries:\n            temporary.unlink(missing_ok=True)",
-               "        for temporary in self.temporaries[1:]:\n            temporary.unlink(missing_ok=True)",
-               "a writer discarded after a failure leaves its strips' temporary"),
-        Mutant("if len(empty) == len(given):", "if empty:", "one modality without data stops the run"),
-        Mutant("np.rint(255 * values).astype(np.uint8)", "(255 * values).astype(np.uint8)",
-               "probabilities truncated, not rounded"),
+        Mutant("np.rint(255 * p).astype(np.uint8)", "(255 * p).astype(np.uint8)", "probabilities truncated, not rounded"),
         Mutant("count_y[top : top + sums.shape[1], None] * count_x[:W]", "count_y[top : top + sums.shape[1], None]",
                "means divided by the rows' window count alone"),
-        Mutant("done = starts[i + batch_size][0] if", "done = starts[i + batch_size - 1][0] if",
+        Mutant("done = starts[seen][0] if", "done = starts[seen - 1][0] if",
                "rows given out up to the batch's last window, not the next batch's first",
                equivalent="windows come in order of rows, so no later window reaches above either: the same rows "
                           "are given out, some a batch later"),
         Mutant("composed[chosen] += outputs * inside[chosen, None]", "composed[chosen] += outputs",
                "every scenario run on a window adds to all its pixels"),
+        Mutant("        if why is not None:\n            todo.append", '        if why == "missing":\n            todo.append',
+               "a rerun redoes only the areas with an output missing, whatever made the others"),
+        Mutant('"inputs": inputs, "window"', '"window"', "the record of what made an area leaves out its inputs"),
+        Mutant('"ndsm_nodata", "colour")', '"ndsm_nodata")', "--colour not among the flags that change pixels"),
+        Mutant('            (out_dir / f"{name}_{kind}.tif").unlink(missing_ok=True)\n', "",
+               "an area predicted again keeps its old outputs until the new ones are renamed"),
+        Mutant("except (torch.OutOfMemoryError, MemoryError):", "except MemoryError:", "a GPU out of memory stops the run"),
+        Mutant('first_process_value(f".predict-run-{time.time_ns():x}", world)', 'f".predict-run-{time.time_ns():x}"',
+               "each process names this run's claim folder itself"),
+        Mutant("skipped = len(pairs) - len(todo) - len(failures)\n    failures =",
+               "skipped = len(pairs) - len(todo)\n    failures =", "areas failed at their header counted as skipped"),
+    ],
+    "geotiff.py": [
+        Mutant("extratags=self.nodata_tags + ([] if level else self.tags)",
+               "extratags=[] if level else self.nodata_tags + self.tags", "overviews without the nodata value"),
+        Mutant("(corners.sum(0, dtype=np.uint16) + 2) // 4", "(corners.sum(0, dtype=np.uint16) + 1) // 4",
+               "uint8 overview means rounded half down"),
+        Mutant("        for temporary in self.temporaries:\n            temporary.unlink(missing_ok=True)",
+               "        for temporary in self.temporaries[1:]:\n            temporary.unlink(missing_ok=True)",
+               "a writer discarded after a failure leaves its strips' temporary"),
+        Mutant('    with open(temporary, "rb") as file:\n        os.fsync(file.fileno())\n', "",
+               "a file renamed before its bytes are on disk"),
+        Mutant("    os.replace(temporary, path)\n    sync_folder(path.parent)", "    os.replace(temporary, path)",
+               "a rename not made durable"),
+        Mutant("if found != record:", 'if found.get("checkpoint_sha256") != record.get("checkpoint_sha256"):',
+               "a rerun compares only the checkpoint"),
+        Mutant("        if m[1] or m[4]:\n            return None\n", "", "a rotated ModelTransformation placed"),
+        Mutant("corner = (corner[0] - size[0] / 2, corner[1] - size[1] / 2)", "corner = corner",
+               "the PixelIsPoint half-pixel shift left out"),
+        Mutant("corner = (corner[0] - size[0] / 2, corner[1] - size[1] / 2)",
+               "corner = (corner[0] + size[0] / 2, corner[1] + size[1] / 2)", "the PixelIsPoint shift reversed"),
+        Mutant("if code and code != USER_DEFINED else", "if code else", "a user-defined system written as EPSG:32767"),
+        Mutant("PIXEL_SIZE_TOLERANCE = 1e-6", "PIXEL_SIZE_TOLERANCE = 0.0", "pixel sizes compared as exact floats"),
+        Mutant('ET.SubElement(source, "SrcRect", xOff="0", yOff="0"',
+               'ET.SubElement(source, "SrcRect", xOff=f"{x:.6f}", yOff=f"{y:.6f}"', "SrcRect given DstRect's offsets"),
+        Mutant('                if nodata is not None:\n                    ET.SubElement(source, "NODATA")',
+               '                if False:\n                    ET.SubElement(source, "NODATA")',
+               "the sources' NODATA dropped: an area's pixels without data cover its neighbour's"),
+        Mutant('            if nodata is not None:\n                ET.SubElement(element, "NoDataValue")',
+               '            if False:\n                ET.SubElement(element, "NoDataValue")', "the bands' NoDataValue dropped"),
+        Mutant("min(y for _, y in offsets.values())", "max(y for _, y in offsets.values())",
+               "the mosaic's top edge at the lowest area's"),
+        Mutant("grids[inside[0]][1][1] + top * size[1])", "grids[inside[0]][1][1] - top * size[1])",
+               "the mosaic's corner moved the wrong way from the first area's"),
     ],
     "stats.py": [
         Mutant("2.0484, 2.0452, 2.0423)", "2.0484, 2.0425, 2.0423)", "two digits of t(0.975, 29) transposed"),
@@ -183,7 +224,7 @@ def outcome(copy: Path, file: str, mutant: Mutant, timeout: int) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Mutation testing of raster.py, predict.py, stats.py and losses.py.")
+    p = argparse.ArgumentParser(description="Mutation testing of raster.py, predict.py, geotiff.py, stats.py and losses.py.")
     p.add_argument("files", nargs="*", metavar="FILE", help=f"the files to mutate: {', '.join(MUTANTS)} (default: all)")
     p.add_argument("--list", action="store_true", help="list the mutants and stop")
     p.add_argument("--timeout", type=int, default=900, help="seconds one mutant's tests may take (default 900)")

@@ -9,7 +9,7 @@ block edges), and a collar of the orthophoto, the part beyond a slanted mosaic e
 Each damaged tile is predicted by predict.predict_strips as reading the files used to make it
 (nodata read as 0: a hole's NaN or -9999 as 0 m, a collar as black pixels, all in the full
 scenario), and nodata-aware (the validity masks given: each region in its own scenario), with the
-holes filled for the windows that straddle an edge by pull-push (predict.filled), or, for
+holes filled for the windows that straddle an edge by pull-push (predict.filled_by_pull_push), or, for
 comparison, by the window's mean. Prints mF1 (%) over the tiles inside and outside the damage,
 beside the full scenario on the intact tiles.
 """
@@ -46,7 +46,7 @@ def collar(shape, share, rng):
 
 
 def mean_filled(x, valid):
-    """predict.filled's stand-in for the comparison: the window's mean of the pixels with data."""
+    """predict.filled_by_pull_push's stand-in for the comparison: the window's mean of the pixels with data."""
     if valid is None or valid.all():
         return x
     weight = torch.from_numpy(valid).to(x.device, x.dtype)[:, None]
@@ -55,8 +55,8 @@ def mean_filled(x, valid):
 
 
 def labels(model, rgir, ndsm, window, rgir_valid=None, ndsm_valid=None):
-    strips = predict.predict_strips(model, rgir, ndsm, window, default_overlap(window), 4, CPU, None,
-                                    rgir_valid=rgir_valid, ndsm_valid=ndsm_valid)
+    settings = predict.Settings(model, window, default_overlap(window), 4, CPU)
+    strips = predict.predict_strips(settings, rgir, ndsm, rgir_valid, ndsm_valid)
     return np.concatenate([strip["labels"] for strip in strips])
 
 
@@ -77,7 +77,7 @@ def main():
     confusion = {(case, region, run): 0 for case in cases for region in ("inside", "outside") for run in runs}
     share = {case: [] for case in cases}
     rng = np.random.default_rng(args.seed)
-    aware_fill = predict.filled
+    aware_fill = predict.filled_by_pull_push
     for tile in tiles:
         intact = labels(model, tile.rgir, tile.ndsm, window)
         for case, modality in cases.items():
@@ -88,9 +88,9 @@ def main():
             masks = {f"{modality}_valid": ~damage}
             found = {"intact data, full": intact, "nodata read as 0": labels(model, rgir, ndsm, window),
                      "nodata-aware": labels(model, rgir, ndsm, window, **masks)}
-            predict.filled = mean_filled
+            predict.filled_by_pull_push = mean_filled
             found["nodata-aware, mean fill"] = labels(model, rgir, ndsm, window, **masks)
-            predict.filled = aware_fill
+            predict.filled_by_pull_push = aware_fill
             share[case].append(damage.mean())
             for run, prediction in found.items():
                 for region, where in (("inside", damage), ("outside", ~damage)):
