@@ -310,12 +310,12 @@ def main(argv=None):
     if world == 1:
         return train(args, checkpoint, device, amp_dtype, rank, world)
     try:
-        finished = train(args, checkpoint, device, amp_dtype, rank, world)
+        status = train(args, checkpoint, device, amp_dtype, rank, world)
     except BaseException:
         dist.destroy_process_group()
         raise
     leave_distributed()
-    return finished
+    return status
 
 
 def set_cuda_backends(amp_dtype):
@@ -329,7 +329,9 @@ def set_cuda_backends(amp_dtype):
 
 
 def train(args, checkpoint, device, amp_dtype, rank, world):
-    """The training run; returns True when it finished, False when it was stopped (and saved)."""
+    """The training run. Returns its exit status: 0 when it finished; when Ctrl-C or SIGTERM stopped
+    it (after saving last.pt), a shell's for that signal, 128 + its number (130, 143), so that
+    `python train.py ... && python evaluate.py ...` stops there."""
     log = print if rank == 0 else lambda *a, **k: None
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
     dataset = args.dataset or data.detect_dataset(args.data)
@@ -405,9 +407,10 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
             if stopped:
                 if rank == 0:
                     save_checkpoint(checkpoint_state(), out / "last.pt")
-                log(f"{stop.signal}: saved {out / 'last.pt'} at epoch {state['epoch'] + 1}, step "
+                log(f"{stop.signal or 'stopped'}: saved {out / 'last.pt'} at epoch {state['epoch'] + 1}, step "
                     f"{state['step_in_epoch']}; continue with: python train.py --resume {out}")
-                return False
+                # A process stopped at another's request (torchrun) exits as if terminated.
+                return 128 + signal.Signals[stop.signal or "SIGTERM"]
             row = validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, amp_dtype) if rank == 0 else None
             state.update(epoch=state["epoch"] + 1, step_in_epoch=0, epoch_sums={t: 0.0 for t in loss_terms(args)})
             if rank == 0:
@@ -421,7 +424,7 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
     finally:
         stop.restore()
     log(f"done: best mean mF1 {state['best_score']:.2f}; evaluate with: python evaluate.py --checkpoint {out / 'best.pt'}")
-    return True
+    return 0
 
 
 def validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, amp_dtype):
@@ -599,4 +602,4 @@ def epoch_line(row, epochs):
 
 
 if __name__ == "__main__":
-    data.exit_on_user_error(main)
+    data.exit_on_user_error(lambda: sys.exit(main()))
