@@ -205,15 +205,16 @@ def test_the_first_steps_learning_rates_rise_linearly_from_one_warmup_step(datas
 
 
 def test_table3s_distance_is_a_mean_over_windows_whatever_the_batches(dataset):
-    """Two tiles of 4 and 2 windows, scored 3 windows a batch (batches of 3, 1 and 2): the distance of Z is the
-    mean over the 6 windows of each window's mean over its pixels, computed here window by window."""
+    """Two tiles of 4 and 2 windows, scored 3 windows a batch (batches of 3, 1 and 2): the distance of Z, and the
+    norm of the full scenario's Z, are the mean over the 6 windows of each window's mean over its pixels,
+    computed here window by window."""
     torch.manual_seed(0)
     model = DIS2(DIS2Config(**TINY)).eval()
     whole = data.load_split(dataset, "train")[0]
     tiles = [whole, data.Tile("half", whole.rgir[:32], whole.ndsm[:32], whole.label[:32], None)]
     _, distances, per_tile = evaluate.evaluate_tiles(model, tiles, list(SCENARIOS), 32, 0, 3, torch.device("cpu"),
                                                      None, feature_distance=True, progress=False)
-    by_window = {pair: [] for pair in evaluate.DISTANCE_PAIRS}
+    by_window = {pair: [] for pair in (*evaluate.DISTANCE_PAIRS, "z_full")}
     for tile in tiles:
         H, W = tile.label.shape
         for y in range(0, H - 31, 32):
@@ -221,8 +222,9 @@ def test_table3s_distance_is_a_mean_over_windows_whatever_the_batches(dataset):
                 r, n = data.normalise(tile.rgir[None, y : y + 32, x : x + 32], tile.ndsm[None, y : y + 32, x : x + 32])
                 with torch.no_grad():
                     out = model(r, n, scenarios=list(SCENARIOS))
-                for a, b in by_window:
+                for a, b in evaluate.DISTANCE_PAIRS:
                     by_window[(a, b)].append((out[a].z - out[b].z).norm(dim=1).mean().item())
+                by_window["z_full"].append(out["full"].z.norm(dim=1).mean().item())
     assert [per_tile[t.name]["windows"] for t in tiles] == [4, 2]
     for pair, values in by_window.items():
         assert len(values) == 6 and distances[pair] == pytest.approx(np.mean(values), rel=1e-5), pair
