@@ -7,6 +7,7 @@ token slots, and the synthetic set's tiles."""
 import argparse
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -252,3 +253,26 @@ def test_each_slots_tokens_come_back_at_their_own_positions():
     pos = fusion.positions(2, 3).transpose(1, 2).reshape(2, dim, 2, 3)
     torch.testing.assert_close(ab, torch.cat([a + pos[0], b + pos[1]], dim=1), rtol=0, atol=1e-6)
     torch.testing.assert_close(token, fusion.fusion_token[0].expand(2, -1), rtol=0, atol=0)
+
+
+class TwoWindowModel(nn.Module):
+    """Logits constant over a window: class probabilities (0.6, 0.4) where the window's infrared is dark on
+    average, (0.45, 0.55) where it is bright; the other classes never."""
+
+    def forward(self, rgir, ndsm, scenarios):
+        dark = rgir[:, 0].mean((1, 2)) < (100 / 255 - 0.485) / 0.229  # (B,)
+        probabilities = torch.where(dark[:, None], torch.tensor([0.6, 0.4]), torch.tensor([0.45, 0.55]))
+        logits = torch.cat([probabilities.log(), torch.full((len(rgir), 4), -30.0)], 1)[..., None, None]
+        return {s: types.SimpleNamespace(logits=logits.expand(-1, -1, *rgir.shape[-2:])) for s in scenarios}
+
+
+def test_overlapping_windows_average_their_probabilities():
+    """Windows at x = 0 and x = 16 of a 48 px wide tile: where they overlap the mean of (0.6, 0.4) and
+    (0.45, 0.55) gives class 0; the first window alone class 0, the second alone class 1."""
+    rgir = np.zeros((32, 48, 3), np.uint8)
+    rgir[:, 16:32], rgir[:, 32:] = 100, 200  # the first window's mean 50, the second's 150
+    tile = data.Tile("t", rgir, np.zeros((32, 48), np.uint8), np.zeros((32, 48), np.uint8), None)
+    labels = evaluate.predict_tile(TwoWindowModel(), tile, ["full"], 32, 16, 1, torch.device("cpu"), None)["full"]
+    expected = np.zeros((32, 48), np.uint8)
+    expected[:, 32:] = 1
+    np.testing.assert_array_equal(labels, expected)
