@@ -276,7 +276,8 @@ MUTANTS = {
     ],
     "dis2.py": [
         Mutant("ab = tokens[:, 1 : 1 + 2 * h * w]", "ab = tokens[:, 0 : 2 * h * w]", "the slots' tokens read one place early"),
-        Mutant(".reshape(B, 2, h, w, -1).permute", ".reshape(B, 2, w, h, -1).permute", "the token grid read transposed"),
+        Mutant(".permute(0, 1, 4, 2, 3).reshape(B, -1, h, w)", ".permute(0, 1, 4, 3, 2).reshape(B, -1, h, w)",
+               "the token grid read transposed"),
         Mutant("tokens_b = self.proj_b(b).flatten(2).transpose(1, 2) + pos[1]",
                "tokens_b = self.proj_b(b).flatten(2).transpose(1, 2) + pos[0]", "both slots given slot a's positions"),
         Mutant("fusion_token = tokens[:, 0]  #", "fusion_token = tokens[:, -1]  #", "the pooled F_{L-1} token taken for t*"),
