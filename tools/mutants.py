@@ -43,7 +43,7 @@ TESTS = {
     "stats.py": ["tests/test_stats.py", "tests/test_intervals.py"],
     "losses.py": ["tests/test_losses.py"],
     "train.py": ["tests/test_pins.py", "tests/test_stop_status.py", "tests/test_train_eval.py", "tests/test_precision.py",
-                 "tests/test_distributed.py", "tests/test_torchrun_pins.py"],
+                 "tests/test_torchrun_pins.py", "tests/test_distributed.py"],
     "evaluate.py": ["tests/test_pins.py", "tests/test_train_eval.py"],
     "data.py": ["tests/test_pins.py", "tests/test_data.py"],
     "reproduce.py": ["tests/test_pins.py", "tests/test_reproduce.py"],
