@@ -329,9 +329,8 @@ def set_cuda_backends(amp_dtype):
 
 
 def train(args, checkpoint, device, amp_dtype, rank, world):
-    """The training run. Returns its exit status: 0 when it finished; when Ctrl-C or SIGTERM stopped
-    it (after saving last.pt), a shell's for that signal, 128 + its number (130, 143), so that
-    `python train.py ... && python evaluate.py ...` stops there."""
+    """The training run. Returns its exit status: 0 when it finished, else (last.pt saved) a shell's for the
+    signal that stopped it, 128 + its number (Ctrl-C 130, SIGTERM 143; a process stopped by another: 143)."""
     log = print if rank == 0 else lambda *a, **k: None
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
     dataset = args.dataset or data.detect_dataset(args.data)
@@ -409,7 +408,6 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
                     save_checkpoint(checkpoint_state(), out / "last.pt")
                 log(f"{stop.signal or 'stopped'}: saved {out / 'last.pt'} at epoch {state['epoch'] + 1}, step "
                     f"{state['step_in_epoch']}; continue with: python train.py --resume {out}")
-                # A process stopped at another's request (torchrun) exits as if terminated.
                 return 128 + signal.Signals[stop.signal or "SIGTERM"]
             row = validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, amp_dtype) if rank == 0 else None
             state.update(epoch=state["epoch"] + 1, step_in_epoch=0, epoch_sums={t: 0.0 for t in loss_terms(args)})
