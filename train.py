@@ -580,7 +580,6 @@ def wrap_model(net, device, world, compile_model=False, channels_last=None):
     return model
 
 
-
 def epoch_row(state, scheduler, results, score, steps_per_epoch):
     row = dict(epoch=state["epoch"] + 1, step=state["global_step"], lr=scheduler.get_last_lr()[0])
     means = {name: total / steps_per_epoch for name, total in state["epoch_sums"].items()}
