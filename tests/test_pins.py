@@ -276,3 +276,14 @@ def test_overlapping_windows_average_their_probabilities():
     expected = np.zeros((32, 48), np.uint8)
     expected[:, 32:] = 1
     np.testing.assert_array_equal(labels, expected)
+
+
+@pytest.mark.parametrize("overlap, refused", [(31, False), (32, True), (-1, True)])
+def test_an_overlap_of_a_whole_window_is_refused_in_one_line(overlap, refused):
+    """Windows overlapping by the whole window would never advance: --overlap must be below --patch."""
+    args, checkpoint = argparse.Namespace(patch=None, overlap=overlap), dict(train_args=dict(patch=32))
+    if refused:
+        with pytest.raises(data.DataError, match=f"--overlap {overlap}: must be at least 0 and smaller than the window"):
+            runtime.windows_of(args, checkpoint)
+    else:
+        assert runtime.windows_of(args, checkpoint) == (32, 31)
