@@ -287,3 +287,13 @@ def test_an_overlap_of_a_whole_window_is_refused_in_one_line(overlap, refused):
             runtime.windows_of(args, checkpoint)
     else:
         assert runtime.windows_of(args, checkpoint) == (32, 31)
+
+
+@pytest.mark.parametrize("patch, refused", [(48, False), (40, True), (24, True)])
+def test_a_patch_that_is_not_a_multiple_of_16_is_refused(patch, refused):
+    """The encoders halve a patch four times: 40 is a multiple of 8, not of 16."""
+    if refused:
+        with pytest.raises(data.DataError, match=f"--patch {patch}: must be a multiple of 16"):
+            train.parse_args(["--data", "d", "--patch", str(patch)])
+    else:
+        assert train.parse_args(["--data", "d", "--patch", str(patch)]).patch == patch
