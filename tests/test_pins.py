@@ -297,3 +297,12 @@ def test_a_patch_that_is_not_a_multiple_of_16_is_refused(patch, refused):
             train.parse_args(["--data", "d", "--patch", str(patch)])
     else:
         assert train.parse_args(["--data", "d", "--patch", str(patch)]).patch == patch
+
+
+@pytest.mark.parametrize("device, flag, used", [("cuda", None, True), ("cuda", False, False), ("cpu", None, False),
+                                                ("cpu", True, True)])
+def test_channels_last_follows_the_flag_and_defaults_to_cuda_only(device, flag, used):
+    """--channels-last / --no-channels-last as parsed (None: left out) on each device."""
+    argv = {None: [], True: ["--channels-last"], False: ["--no-channels-last"]}[flag]
+    args = evaluate.parse_args(argv)
+    assert args.channels_last is flag and runtime.use_channels_last(torch.device(device), args.channels_last) is used
