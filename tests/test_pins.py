@@ -306,3 +306,11 @@ def test_channels_last_follows_the_flag_and_defaults_to_cuda_only(device, flag, 
     argv = {None: [], True: ["--channels-last"], False: ["--no-channels-last"]}[flag]
     args = evaluate.parse_args(argv)
     assert args.channels_last is flag and runtime.use_channels_last(torch.device(device), args.channels_last) is used
+
+
+def test_a_negative_synthetic_seed_is_one_line_not_a_numpy_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        data.exit_on_user_error(lambda: synth.main([str(tmp_path / "out"), "--seed", "-1", "--tiles", "1", "--size", "32"]))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error: ") and "--seed not negative" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
