@@ -1,13 +1,14 @@
 """Behaviours users and results depend on, each pinned against literals or a hand computation, so that a
 one-line slip fails here (issue 50: they survived the suite before): which run --resume and the default
 --checkpoint take, the reproduction's seeds and scoring overlap, its contrasts and loss figure, the
-official splits, the normalisation constants, the warm-up, Table 3's mean over windows, the transformer's
-token slots, and the synthetic set's tiles."""
+official splits, the normalisation constants, the warm-up, Table 3's mean over windows, overlapping windows'
+mean, the transformer's token slots, the synthetic set's tiles, and flags refused in one line."""
 
 import argparse
 import json
 import os
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,6 @@ import data
 import evaluate
 import reproduce
 import runtime
-import stats
 import synth
 import train
 from dis2 import DIS2, DIS2Config, SCENARIOS, TransformerFusion
@@ -47,7 +47,7 @@ def test_resume_and_the_default_checkpoint_take_the_latest_run_not_the_first_by_
     assert args.resume == os.path.join("runs", "a-newest", "last.pt") and args.seed == 0
     assert args.out == os.path.join("runs", "a-newest")
     _, _, path, checkpoint, window, overlap = runtime.inference_setup(evaluate.parse_args(["--device", "cpu"]))
-    assert path == runtime.Path("runs/a-newest/best.pt") and checkpoint["train_args"]["seed"] == 0
+    assert path == Path("runs/a-newest/best.pt") and checkpoint["train_args"]["seed"] == 0
     assert (window, overlap) == (32, 8)  # the training patch and a quarter of it
 
 
