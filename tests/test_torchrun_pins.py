@@ -1,7 +1,8 @@
 """Several processes, pinned where a slip gives no error (issue 50): the losses metrics.csv logs are one
 process's, not their sum; a run stopped mid-epoch resumes at the global batch it stopped at; synchronised
 batch norm's running variance is unbiased over the global batch; each process takes the GPU of its
-LOCAL_RANK. Two CPU processes (Gloo) under torchrun."""
+LOCAL_RANK. Two CPU processes (Gloo) under torchrun; the GPU's choice with torchrun's variables of a
+second node set by hand."""
 
 import csv
 import os
