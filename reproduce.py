@@ -229,7 +229,7 @@ def reproduce_run(args, variant, seed, out, data_dir, sets, device, amp_dtype):
         run_args = argparse.Namespace(**{**vars(args), **{k: v for k, v in settings.items() if k not in RUN_KEYS},
                                          "epochs": epochs, "seed": seed, "out": str(run), "data": str(data_dir),
                                          "resume": str(run / "last.pt") if checkpoint else None})
-        if not train.train(run_args, checkpoint, device, amp_dtype, rank=0, world=1):
+        if train.train(run_args, checkpoint, device, amp_dtype, rank=0, world=1) != 0:  # stopped
             return False
         checkpoint = load_checkpoint(run / "last.pt")
     # Training may take several sessions: last.pt holds its wall time summed over them.

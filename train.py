@@ -313,12 +313,12 @@ def main(argv=None):
     if world == 1:
         return train(args, checkpoint, device, amp_dtype, rank, world)
     try:
-        finished = train(args, checkpoint, device, amp_dtype, rank, world)
+        status = train(args, checkpoint, device, amp_dtype, rank, world)
     except BaseException:
         dist.destroy_process_group()
         raise
     leave_distributed()
-    return finished
+    return status
 
 
 def set_cuda_backends(amp_dtype):
@@ -332,7 +332,8 @@ def set_cuda_backends(amp_dtype):
 
 
 def train(args, checkpoint, device, amp_dtype, rank, world):
-    """The training run; returns True when it finished, False when it was stopped (and saved)."""
+    """The training run. Returns its exit status: 0 when it finished, else (last.pt saved) a shell's for the
+    signal that stopped it, 128 + its number (Ctrl-C 130, SIGTERM 143; a process stopped by another: 143)."""
     log = print if rank == 0 else lambda *a, **k: None
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
     dataset, train_tiles, val_tiles, own = own_data.training_tiles(args.data, args.dataset, summarise=rank == 0)
@@ -406,9 +407,9 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
             if stopped:
                 if rank == 0:
                     save_checkpoint(checkpoint_state(), out / "last.pt")
-                log(f"{stop.signal}: saved {out / 'last.pt'} at epoch {state['epoch'] + 1}, step "
+                log(f"{stop.signal or 'stopped'}: saved {out / 'last.pt'} at epoch {state['epoch'] + 1}, step "
                     f"{state['step_in_epoch']}; continue with: python train.py --resume {out}")
-                return False
+                return 128 + signal.Signals[stop.signal or "SIGTERM"]
             row = validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, amp_dtype, own) if rank == 0 else None
             state.update(epoch=state["epoch"] + 1, step_in_epoch=0, epoch_sums={t: 0.0 for t in loss_terms(args)})
             if rank == 0:
@@ -422,7 +423,7 @@ def train(args, checkpoint, device, amp_dtype, rank, world):
     finally:
         stop.restore()
     log(f"done: best mean mF1 {state['best_score']:.2f}; evaluate with: python evaluate.py --checkpoint {out / 'best.pt'}")
-    return True
+    return 0
 
 
 def validate(net, val_tiles, args, state, scheduler, steps_per_epoch, device, amp_dtype, own=None):
@@ -581,7 +582,6 @@ def wrap_model(net, device, world, compile_model=False, channels_last=None):
     return model
 
 
-
 def epoch_row(state, scheduler, results, score, steps_per_epoch):
     row = dict(epoch=state["epoch"] + 1, step=state["global_step"], lr=scheduler.get_last_lr()[0])
     means = {name: total / steps_per_epoch for name, total in state["epoch_sums"].items()}
@@ -601,4 +601,4 @@ def epoch_line(row, epochs):
 
 
 if __name__ == "__main__":
-    data.exit_on_user_error(main)
+    data.exit_on_user_error(lambda: sys.exit(main()))
