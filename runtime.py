@@ -74,6 +74,16 @@ DEVICE_HELP = "where to run: auto = the GPU when CUDA has one, else the CPU (def
 CHANNELS_LAST_HELP = "channels-last (NHWC) memory for the model and its inputs (default: on with CUDA, off on CPU)"
 
 
+def set_cuda_backends(amp_dtype):
+    """train.py on CUDA. Fixed patch sizes: cuDNN may pick its fastest convolutions once. Under mixed precision the
+    products left in fp32 may use TF32; under --amp off every product is strict fp32, as its help
+    says (cuDNN would otherwise run fp32 convolutions in TF32 by default)."""
+    torch.backends.cudnn.benchmark = True
+    tf32 = amp_dtype is not None
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
 def use_channels_last(device, channels_last):
     """--channels-last resolved: left out (None), on with CUDA, where cuDNN's
     convolutions are faster in that layout, and off on CPU."""

@@ -58,6 +58,7 @@ from runtime import (
     precision,
     resolve_device,
     save_checkpoint,
+    set_cuda_backends,
     use_channels_last,
     writable_dir,
 )
@@ -319,16 +320,6 @@ def main(argv=None):
         raise
     leave_distributed()
     return status
-
-
-def set_cuda_backends(amp_dtype):
-    """Fixed patch sizes: cuDNN may pick its fastest convolutions once. Under mixed precision the
-    products left in fp32 may use TF32; under --amp off every product is strict fp32, as its help
-    says (cuDNN would otherwise run fp32 convolutions in TF32 by default)."""
-    torch.backends.cudnn.benchmark = True
-    tf32 = amp_dtype is not None
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def train(args, checkpoint, device, amp_dtype, rank, world):

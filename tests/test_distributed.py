@@ -14,6 +14,7 @@ import torch
 
 import data
 import synth
+import runtime
 import train
 from ddp_step import PATCH, tiles
 from ddp_variants import configurations
@@ -271,7 +272,7 @@ def test_amp_off_is_strict_fp32_and_mixed_precision_allows_tf32(amp_dtype, tf32)
     saved = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     try:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not tf32
-        train.set_cuda_backends(amp_dtype)
+        runtime.set_cuda_backends(amp_dtype)
         assert torch.backends.cudnn.benchmark
         assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
     finally:
