@@ -17,6 +17,7 @@ import torch.nn as nn
 
 import data
 import evaluate
+import report
 import reproduce
 import runtime
 import synth
@@ -104,7 +105,7 @@ def test_the_margins_contrasts_equal_a_hand_computation_from_made_up_scores():
     def mf1(v, seed, scenario):
         return hand_mf1(sum(np.array(tile["confusion"][scenario]) for tile in results[v][seed]["per_tile"].values()))
 
-    margins = reproduce.comparisons(results)["margins"]["counted"]
+    margins = report.comparisons(results)["margins"]["counted"]
     for scenario in SCENARIOS:
         m = {v: np.array([mf1(v, seed, scenario) for seed in (0, 1, 2)]) for v in variants}
         by_hand = {
@@ -258,6 +259,8 @@ def test_each_slots_tokens_come_back_at_their_own_positions():
 class TwoWindowModel(nn.Module):
     """Logits constant over a window: class probabilities (0.6, 0.4) where the window's infrared is dark on
     average, (0.45, 0.55) where it is bright; the other classes never."""
+
+    config = types.SimpleNamespace(num_classes=6)  # what predict_tile reads of a model
 
     def forward(self, rgir, ndsm, scenarios):
         dark = rgir[:, 0].mean((1, 2)) < (100 / 255 - 0.485) / 0.229  # (B,)

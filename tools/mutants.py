@@ -216,7 +216,6 @@ MUTANTS = {
         Mutant("steps_per_epoch = args.samples_per_epoch // global_batch",
                "steps_per_epoch = args.samples_per_epoch // args.batch_size",
                "the steps per epoch counted with one process's batch"),
-        Mutant("tf32 = amp_dtype is not None", "tf32 = True", "--amp off lets cuDNN and matrix products use TF32"),
         Mutant("step >= AUTHORS_DISTILL_START * total_steps", "step > AUTHORS_DISTILL_START * total_steps",
                "the authors' distillation switched on a step late"),
     ],
@@ -303,6 +302,7 @@ MUTANTS = {
                "synchronised batch norm starts from fresh statistics and weights"),
     ],
     "runtime.py": [
+        Mutant("tf32 = amp_dtype is not None", "tf32 = True", "--amp off lets cuDNN and matrix products use TF32"),
         Mutant("sums[:, y - top : y - top + window, x : x + window] += window_values",
                "sums[:, y - top : y - top + window, x : x + window] = window_values",
                "the last window's probabilities replace, not join, those of the windows it overlaps"),
