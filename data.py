@@ -93,6 +93,13 @@ class ClassTable:
     values: np.ndarray  # (256,) uint8 class id -> the value predict.py writes; 255 (no data) stays 255
     colours: np.ndarray  # (256, 3) uint8 class id -> its colour in the maps; black past the classes
 
+    def colour_table(self) -> np.ndarray:
+        """(3, 256) uint16 the TIFF colour table of a label map as predict.py writes it: each class's colour at
+        its value, black elsewhere (NODATA_LABEL among them), 16 bits a channel."""
+        table = np.zeros((256, 3), np.uint16)
+        table[self.values[: len(self.names)]] = self.colours[: len(self.names)]
+        return table.T * 257
+
 
 ISPRS_CLASSES = ClassTable(CLASSES, ("Imp. Surface", "Building", "Low Veg.", "Tree", "Car"), CLASSES[:5], ("clutter",),
                            np.arange(256, dtype=np.uint8), labels_to_rgb(np.arange(256)))

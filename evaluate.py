@@ -273,9 +273,9 @@ def main(argv=None):
     if args.json:
         writable_dir(Path(args.json).parent, "--json")
     data_dir = args.data or checkpoint["data"]
-    own, classes = checkpoint.get("own_data"), own_data.class_table(checkpoint.get("own_data"))  # own: None for ISPRS
-    if own:
-        tiles = own_data.load_split(data_dir, args.split, own)
+    classes = own_data.class_table(args.own_data)  # inference_setup's: None for ISPRS
+    if args.own_data:
+        tiles = own_data.load_split(data_dir, args.split, args.own_data)
     else:
         trained_on = checkpoint.get("dataset")
         dataset = args.dataset or (data.detect_dataset(data_dir) if args.data else trained_on)

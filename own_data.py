@@ -127,14 +127,6 @@ def class_table(own) -> data.ClassTable:
     return data.ClassTable(names, scored, scored, tuple(c["name"] for c in classes if c["clutter"]), values, colours)
 
 
-def colour_table(classes: data.ClassTable) -> np.ndarray:
-    """(3, 256) uint16 the TIFF colour table of a label map of one's own classes: each class's colour at the value
-    predict.py writes for it, black elsewhere (16 bits a channel)."""
-    table = np.zeros((256, 3), np.uint16)
-    table[classes.values[: len(classes.names)]] = classes.colours[: len(classes.names)]
-    return table.T * 257
-
-
 def _default_colour(i):
     if i < len(PALETTE):
         return PALETTE[i]
@@ -315,12 +307,9 @@ def load_split(root, split, own) -> list[data.Tile]:
 
 
 def read_layers(image_path, height_path, args):
-    """predict.py's modalities of one area as raster.Layer (None where not given): one's own, as the checkpoint's
-    own_data entry (args.own_data) says, normalised; else the ISPRS readers', as the flags say."""
-    own = getattr(args, "own_data", None)
-    if own is None:
-        return (raster.read_orthophoto(image_path, args.bands, args.max_value, args.rgir_nodata) if image_path else None,
-                raster.read_height_model(height_path, args.ndsm_unit, args.ndsm_nodata) if height_path else None)
+    """predict.py's modalities of one area of one's own data as raster.Layer (None where not given), read and
+    normalised as the checkpoint's own_data entry (args.own_data) says (raster.read_area reads ISPRS's)."""
+    own = args.own_data
     n, layers = own["normalisation"], []
     for path, kind, bands, nodata in ((image_path, "image", own["image_bands"], args.rgir_nodata),
                                       (height_path, "height", own["height_bands"], args.ndsm_nodata)):

@@ -20,7 +20,6 @@ A city: under torchrun each process claims the next area nobody has (a claim fil
 after the start; a rerun skips an area only where its outputs record this checkpoint, inputs and flags.
 """
 
-import argparse
 import json
 import shutil
 import sys
@@ -185,12 +184,6 @@ def predict_strips(settings, rgir, ndsm, rgir_valid=None, ndsm_valid=None):
 # -----------------------------------------------------------------------------
 # The outputs, and what made them
 
-# The label GeoTIFF is a palette image: its values are class ids (one's own data: its class values), and
-# its colour table (TIFF ColorMap, 16 bits a channel) gives them the classes' colours, black to the rest,
-# NODATA_LABEL among them.
-LABEL_COLOURS = data.labels_to_rgb(np.arange(256)).T.astype(np.uint16) * 257  # (3, 256)
-
-
 @dataclass(frozen=True)
 class Output:
     """One kind of output, <name>_<kind>.tif: bands (None: one), how a strip's values are written, its TIFF
@@ -207,13 +200,12 @@ class Output:
 
 def outputs_asked(args, K):
     """{kind: Output} of the outputs the flags ask for, labels first. --colour's RGB declares no nodata, as
-    GDAL would take 0 in any band for it: the red of a blue building. One's own classes (args.own_data) are
-    written as their values, in their colours."""
+    GDAL would take 0 in any band for it: the red of a blue building. The labels are a palette image: each
+    class's value (ISPRS: its id; one's own data, args.own_data: its value in classes.json) in its colour."""
     classes = own_data.class_table(args.own_data)
-    own = classes is not data.ISPRS_CLASSES
     table = {"labels": Output(3, lambda ids: classes.colours[ids], photometric="rgb") if args.colour else
-             Output(None, (lambda ids: classes.values[ids]) if own else (lambda ids: ids), photometric="palette",
-                    nodata=NODATA_LABEL, colours=own_data.colour_table(classes) if own else LABEL_COLOURS),
+             Output(None, lambda ids: classes.values[ids], photometric="palette", nodata=NODATA_LABEL,
+                    colours=classes.colour_table()),
              "probabilities": Output(K, lambda p: np.rint(255 * p).astype(np.uint8), reduce="mean"),
              "attention": Output(K, lambda alpha: alpha, dtype=np.float32, reduce="mean"),
              "scenario": Output(None, lambda codes: codes, nodata=NO_SCENARIO)}

@@ -264,8 +264,8 @@ def windows_at(image, batch, window):
 
 def model_on_windows(model, rgir, ndsm, device, amp_dtype, channels_last=None, prepare=None, **kwargs):
     """model(rgir, ndsm, **kwargs) for windows rgir (B, h, w, 3) and/or ndsm (B, h, w) uint8 (one's own rasters:
-    float32 (B, h, w, bands), normalised when read), None for a missing modality: normalised as in training, on `device`, passed through prepare(r, n) where given (tensors, None
-    for missing), in the model's memory format (`channels_last`: see use_channels_last; the windows take it
+    float32 (B, h, w, bands), normalised when read), None for a missing modality: normalised as in training,
+    on `device`, passed through prepare(r, n) where given (tensors, None for missing), in the model's memory format (`channels_last`: see use_channels_last; the windows take it
     too, which spares the first convolution a copy), under autocast to `amp_dtype` (None: fp32)."""
     memory_format = torch.channels_last if use_channels_last(device, channels_last) else torch.contiguous_format
     r, n = (None if t is None else t.to(device, non_blocking=True) for t in normalise(rgir, ndsm))
