@@ -12,6 +12,7 @@ import pytest
 
 import runtime
 import train
+from stopping import loss_signalling_at
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ["--patch", "32", "--batch-size", "2", "--samples-per-epoch", "6", "--width", "4", "--seed", "3"]
@@ -19,12 +20,7 @@ TINY_RUN = ["--patch", "32", "--batch-size", "2", "--samples-per-epoch", "6", "-
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_stopped_run_returns_a_shells_status_for_its_signal_after_saving(dataset, tmp_path, monkeypatch, signum, status):
-    real_loss = train.dis2_loss
-
-    def loss_then_signal(*args, **kwargs):
-        os.kill(os.getpid(), signum)
-        return real_loss(*args, **kwargs)
-
+    loss_then_signal, real_loss = loss_signalling_at(1, signum)
     monkeypatch.setattr(train, "dis2_loss", loss_then_signal)
     out = tmp_path / "run"
     assert train.main(["--data", str(dataset), "--epochs", "2", "--out", str(out), *TINY_RUN]) == status

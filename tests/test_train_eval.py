@@ -3,9 +3,7 @@
 import csv
 import json
 import math
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import types
@@ -23,6 +21,7 @@ import predict
 import runtime
 import synth
 import train
+from stopping import loss_signalling_at
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ["--patch", "32", "--batch-size", "2", "--samples-per-epoch", "6", "--width", "4", "--seed", "3"]
@@ -222,15 +221,7 @@ def final_weights(out):
 
 def stop_at_loss_call(monkeypatch, n):
     """SIGTERM during the n-th computation of the loss (3 steps per epoch): the step finishes, then the run saves and stops."""
-    calls = {"n": 0}
-    real_loss = train.dis2_loss
-
-    def loss_then_sigterm(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == n:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_loss(*args, **kwargs)
-
+    loss_then_sigterm, real_loss = loss_signalling_at(n)
     monkeypatch.setattr(train, "dis2_loss", loss_then_sigterm)
     return real_loss
 
